@@ -1,0 +1,1 @@
+//! The embedded on-disk log. (Being written: see the interface in `lib.rs`.)
