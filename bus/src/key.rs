@@ -57,7 +57,8 @@ mod tests {
     fn hashes_spread_evenly() {
         let mut counts = [0u32; 4];
         for i in 0..40_000 {
-            counts[partition_for_hash(PartitionKey::new(format!("trace-{i}")).hash, 4) as usize] += 1;
+            counts[partition_for_hash(PartitionKey::new(format!("trace-{i}")).hash, 4) as usize] +=
+                1;
         }
         for c in counts {
             assert!((9_000..11_000).contains(&c), "{counts:?}");

@@ -1,1 +1,76 @@
-//! Tidewater collector.
+//! The collector sidecar: receive, batch, publish.
+//!
+//! Data path: a receiver ([`receiver::grpc`], [`receiver::http`]) decodes a request and hands
+//! it to [`ingest::Ingest`], which splits it by bus partition ([`partition`]) and submits the
+//! parts to the [`pipeline::Pipeline`]; the pipeline batches per partition, compresses, and
+//! publishes to the bus, and only then is the client answered.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod ingest;
+pub mod partition;
+pub mod pipeline;
+pub mod receiver;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tidewater_bus::Producer;
+use tokio_util::sync::CancellationToken;
+
+pub use config::CollectorConfig;
+
+/// A running collector.
+pub struct Collector {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pipeline: Arc<pipeline::Pipeline>,
+    stop: CancellationToken,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Collector {
+    /// Binds every listener (failing fast if one cannot bind) and starts serving.
+    pub async fn start(
+        config: &CollectorConfig,
+        producer: Arc<dyn Producer>,
+        producer_name: String,
+    ) -> anyhow::Result<Collector> {
+        let pipeline = pipeline::Pipeline::start(config, producer, producer_name);
+        let ingest = Arc::new(ingest::Ingest::new(pipeline.clone(), config));
+        let max_request_size = config.max_request_size.as_u64() as usize;
+        let stop = CancellationToken::new();
+        let (grpc_addr, grpc) = receiver::grpc::serve(
+            config.grpc_addr,
+            ingest.clone(),
+            max_request_size,
+            stop.child_token(),
+        )
+        .await?;
+        let (http_addr, http) = receiver::http::serve(
+            config.http_addr,
+            ingest,
+            max_request_size,
+            stop.child_token(),
+        )
+        .await?;
+        Ok(Collector {
+            grpc_addr,
+            http_addr,
+            pipeline,
+            stop,
+            servers: vec![grpc, http],
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and publishes what is batched, so
+    /// nothing acknowledged or in flight is left behind.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for server in self.servers {
+            let _ = server.await;
+        }
+        self.pipeline.shutdown().await;
+    }
+}

@@ -9,13 +9,20 @@ pub fn to_json(value: &Value) -> serde_json::Value {
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
         Some(Kind::NumberValue(n)) => number_to_json(*n),
         Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(to_json).collect()),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(to_json).collect())
+        }
         Some(Kind::StructValue(s)) => struct_to_json(s),
     }
 }
 
 pub fn struct_to_json(s: &Struct) -> serde_json::Value {
-    serde_json::Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect(),
+    )
 }
 
 /// Integers stay integers in JSON output (protobuf numbers are doubles) when they are exact.
@@ -39,7 +46,9 @@ pub fn from_json(value: &serde_json::Value) -> Value {
         serde_json::Value::Array(a) => Kind::ListValue(ListValue {
             values: a.iter().map(from_json).collect(),
         }),
-        serde_json::Value::Object(_) => Kind::StructValue(struct_from_json(value).unwrap_or_default()),
+        serde_json::Value::Object(_) => {
+            Kind::StructValue(struct_from_json(value).unwrap_or_default())
+        }
     };
     Value { kind: Some(kind) }
 }

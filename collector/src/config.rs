@@ -1,0 +1,74 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// OTLP/gRPC (traces, metrics, logs) and `tidewater.events.v1.EventsService`. Loopback by
+    /// default: a sidecar shares localhost with its app (ECS awsvpc task, k8s pod).
+    pub grpc_addr: SocketAddr,
+    /// OTLP/HTTP (`/v1/traces`, `/v1/metrics`, `/v1/logs`) and `POST /v1/events`.
+    pub http_addr: SocketAddr,
+    /// Largest request accepted, after decompression. Beyond it: HTTP 413, gRPC RESOURCE_EXHAUSTED.
+    pub max_request_size: ByteSize,
+    /// Most events in one publish request.
+    pub max_events_per_batch: usize,
+    /// Largest single event (encoded); larger events are rejected, not truncated.
+    pub max_event_size: ByteSize,
+    /// Data received but not yet durable on the bus. When full, new requests are refused with
+    /// HTTP 429 / gRPC RESOURCE_EXHAUSTED and `retry_after`, instead of growing memory.
+    pub memory_limit: ByteSize,
+    /// How long a client waits for its data to become durable before it gets a retryable
+    /// UNAVAILABLE / 503. The data may still be published: clients retrying may duplicate.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Sent with every refusal (Retry-After, gRPC RetryInfo).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    pub batch: BatchConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A batch is published once it holds this many items (spans, data points, log records,
+    /// events)...
+    pub max_items: usize,
+    /// ...or this many bytes before compression...
+    pub max_size: ByteSize,
+    /// ...or its first item has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// zstd level for the batch payload (1 is fast; 3 is zstd's default).
+    pub zstd_level: i32,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_request_size: ByteSize::mib(16),
+            max_events_per_batch: 1000,
+            max_event_size: ByteSize::kib(64),
+            memory_limit: ByteSize::mib(64),
+            ack_timeout: Duration::from_secs(30),
+            retry_after: Duration::from_secs(1),
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_items: 8192,
+            max_size: ByteSize::mib(1),
+            timeout: Duration::from_millis(200),
+            zstd_level: 1,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! What every receiver does once it has decoded a request: split it by partition, hand it to
+//! the pipeline, wait for durability, and say what was accepted. Receivers only translate
+//! between their protocol and these calls.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tidewater_proto::events::v1::{Event, PublishResponse, RejectedEvent};
+use tidewater_proto::Signal;
+
+use crate::config::CollectorConfig;
+use crate::error::IngestError;
+use crate::events::{self, Limits};
+use crate::partition::{self, data_points, Part, Rejected};
+use crate::pipeline::Pipeline;
+
+#[derive(Clone, Copy)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
+
+pub struct Ingest {
+    pipeline: Arc<Pipeline>,
+    max_events_per_batch: usize,
+    event_limits: Limits,
+}
+
+impl Ingest {
+    pub fn new(pipeline: Arc<Pipeline>, config: &CollectorConfig) -> Self {
+        Ingest {
+            pipeline,
+            max_events_per_batch: config.max_events_per_batch,
+            event_limits: Limits {
+                max_event_size: config.max_event_size.as_u64() as usize,
+            },
+        }
+    }
+
+    pub async fn traces(
+        &self,
+        req: ExportTraceServiceRequest,
+        transport: Transport,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let received = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum();
+        let (parts, rejected) =
+            partition::split_traces(req.resource_spans, self.pipeline.partitions());
+        let rejected = self
+            .accept(Signal::Traces, transport, received, parts, rejected)
+            .await?;
+        Ok(ExportTraceServiceResponse {
+            partial_success: rejected.map(|(count, error_message)| ExportTracePartialSuccess {
+                rejected_spans: count,
+                error_message,
+            }),
+        })
+    }
+
+    pub async fn metrics(
+        &self,
+        req: ExportMetricsServiceRequest,
+        transport: Transport,
+    ) -> Result<ExportMetricsServiceResponse, IngestError> {
+        let received = req
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            // A metric without data still counts as one rejected item.
+            .map(|m| data_points(m.data.as_ref()).max(1) as u64)
+            .sum();
+        let (parts, rejected) =
+            partition::split_metrics(req.resource_metrics, self.pipeline.partitions());
+        let rejected = self
+            .accept(Signal::Metrics, transport, received, parts, rejected)
+            .await?;
+        Ok(ExportMetricsServiceResponse {
+            partial_success: rejected.map(|(count, error_message)| ExportMetricsPartialSuccess {
+                rejected_data_points: count,
+                error_message,
+            }),
+        })
+    }
+
+    pub async fn logs(
+        &self,
+        req: ExportLogsServiceRequest,
+        transport: Transport,
+    ) -> Result<ExportLogsServiceResponse, IngestError> {
+        let received = req
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len() as u64)
+            .sum();
+        let (parts, rejected) =
+            partition::split_logs(req.resource_logs, self.pipeline.partitions());
+        let rejected = self
+            .accept(Signal::Logs, transport, received, parts, rejected)
+            .await?;
+        Ok(ExportLogsServiceResponse {
+            partial_success: rejected.map(|(count, error_message)| ExportLogsPartialSuccess {
+                rejected_log_records: count,
+                error_message,
+            }),
+        })
+    }
+
+    /// `events` holds each event of the request in order, or why it could not even be parsed.
+    pub async fn events(
+        &self,
+        events: Vec<Result<Event, RejectedEvent>>,
+        transport: Transport,
+    ) -> Result<PublishResponse, IngestError> {
+        if events.len() > self.max_events_per_batch {
+            return Err(self.refuse(
+                Signal::Events,
+                IngestError::TooLarge(format!(
+                    "batch has {} events; the limit is {}",
+                    events.len(),
+                    self.max_events_per_batch
+                )),
+            ));
+        }
+        let now = SystemTime::now();
+        let received = events.len() as u64;
+        let mut valid = Vec::with_capacity(events.len());
+        let mut rejected = Vec::new();
+        for (index, event) in events.into_iter().enumerate() {
+            match event.and_then(|e| events::validate(e, index, now, &self.event_limits)) {
+                Ok(e) => valid.push(e),
+                Err(r) => rejected.push(r),
+            }
+        }
+        let accepted = valid.len();
+        let parts = partition::split_events(valid, self.pipeline.partitions());
+        let summary = Rejected {
+            count: rejected.len() as u64,
+            message: rejected
+                .first()
+                .map(|r| format!("event {}: {}: {}", r.index, r.field, r.reason)),
+        };
+        self.accept(Signal::Events, transport, received, parts, summary)
+            .await?;
+        Ok(PublishResponse {
+            accepted: accepted as u32,
+            rejected,
+        })
+    }
+
+    /// Publishes `parts`, counts, and returns the partial-success report when items were
+    /// rejected.
+    async fn accept(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        received: u64,
+        parts: Vec<Part>,
+        rejected: Rejected,
+    ) -> Result<Option<(i64, String)>, IngestError> {
+        let label = signal.label();
+        metrics::counter!("tidewater_collector_received_items_total", "signal" => label, "transport" => transport.label()).increment(received);
+        let accepted: u64 = parts.iter().map(|p| p.items as u64).sum();
+        if let Err(e) = self.pipeline.submit(signal, parts).await {
+            return Err(self.refuse(signal, e));
+        }
+        metrics::counter!("tidewater_collector_accepted_items_total", "signal" => label)
+            .increment(accepted);
+        if rejected.count == 0 {
+            return Ok(None);
+        }
+        metrics::counter!("tidewater_collector_rejected_items_total", "signal" => label)
+            .increment(rejected.count);
+        tracing::debug!(
+            signal = label,
+            rejected = rejected.count,
+            reason = rejected.message.as_deref(),
+            "rejected items"
+        );
+        Ok(Some((
+            rejected.count as i64,
+            rejected.message.unwrap_or_default(),
+        )))
+    }
+
+    pub fn refuse(&self, signal: Signal, e: IngestError) -> IngestError {
+        metrics::counter!("tidewater_collector_refused_requests_total", "signal" => signal.label(), "reason" => e.reason()).increment(1);
+        e
+    }
+}

@@ -1,0 +1,383 @@
+//! Batches parts per (signal, partition) and publishes them to the bus.
+//!
+//! Each partition of each signal has its own lane: a task that gathers parts until the batch is
+//! full or old enough, then encodes, compresses and publishes it, and only then acknowledges
+//! every request that contributed. A lane has at most one publish in flight, so batches of a
+//! partition reach the bus in the order they were received; while it publishes, new parts wait
+//! in its queue and go out together in the next batch, so batches grow as the bus slows.
+//!
+//! Memory is bounded by a semaphore counting the bytes of parts accepted but not yet durable;
+//! a request that does not fit is refused at once (the client retries later) rather than
+//! queued.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::try_join_all;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tidewater_bus::{PartitionKey, Producer};
+use tidewater_proto::events::v1::PublishRequest;
+use tidewater_proto::{Compression, Encoding, Envelope, Signal};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CollectorConfig;
+use crate::error::IngestError;
+use crate::partition::{Part, Payload};
+
+/// The signals the collector batches, in lane order.
+pub const SIGNALS: [Signal; 4] = [
+    Signal::Traces,
+    Signal::Metrics,
+    Signal::Logs,
+    Signal::Events,
+];
+
+type AckResult = Result<(), Arc<str>>;
+
+struct Submission {
+    part: Part,
+    ack: oneshot::Sender<AckResult>,
+    /// Released when the part is durable (or failed): that frees its share of the memory bound.
+    _permit: OwnedSemaphorePermit,
+}
+
+pub struct Pipeline {
+    /// `lanes[signal index][partition]`.
+    lanes: Vec<Vec<mpsc::UnboundedSender<Submission>>>,
+    memory: Arc<Semaphore>,
+    memory_limit: usize,
+    ack_timeout: Duration,
+    retry_after: Duration,
+    stop: CancellationToken,
+    tasks: std::sync::Mutex<JoinSet<()>>,
+}
+
+impl Pipeline {
+    pub fn start(
+        config: &CollectorConfig,
+        producer: Arc<dyn Producer>,
+        producer_name: String,
+    ) -> Arc<Self> {
+        let partitions = producer.partitions().max(1);
+        let memory_limit = usize::try_from(config.memory_limit.as_u64())
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        let mut tasks = JoinSet::new();
+        let stop = CancellationToken::new();
+        let lanes = SIGNALS
+            .iter()
+            .map(|&signal| {
+                (0..partitions)
+                    .map(|partition| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let lane = Lane {
+                            signal,
+                            key: PartitionKey::for_partition(partition, partitions),
+                            partition,
+                            max_items: config.batch.max_items.max(1),
+                            max_bytes: config.batch.max_size.as_u64() as usize,
+                            timeout: config.batch.timeout,
+                            zstd_level: config.batch.zstd_level,
+                            producer: producer.clone(),
+                            producer_name: producer_name.clone(),
+                        };
+                        tasks.spawn(lane.run(rx, stop.clone()));
+                        tx
+                    })
+                    .collect()
+            })
+            .collect();
+        metrics::gauge!("tidewater_collector_memory_limit_bytes").set(memory_limit as f64);
+        Arc::new(Pipeline {
+            lanes,
+            memory: Arc::new(Semaphore::new(memory_limit)),
+            memory_limit,
+            ack_timeout: config.ack_timeout,
+            retry_after: config.retry_after,
+            stop,
+            tasks: std::sync::Mutex::new(tasks),
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.lanes[0].len() as u32
+    }
+
+    /// Hands `parts` to their lanes and waits until all of them are durable on the bus.
+    pub async fn submit(&self, signal: Signal, parts: Vec<Part>) -> Result<(), IngestError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let signal_index = SIGNALS
+            .iter()
+            .position(|s| *s == signal)
+            .expect("batched signal");
+        // Every part holds at least one permit so that an empty-looking part still counts.
+        let total: usize = parts.iter().map(|p| p.bytes.max(1)).sum();
+        if total > self.memory_limit {
+            return Err(IngestError::TooLarge(format!(
+                "request needs {total} bytes buffered, more than the collector's memory_limit of {} bytes",
+                self.memory_limit
+            )));
+        }
+        let mut permit = self
+            .memory
+            .clone()
+            .try_acquire_many_owned(total as u32)
+            .map_err(|_| {
+                metrics::counter!("tidewater_collector_memory_refusals_total", "signal" => signal.label()).increment(1);
+                IngestError::Busy { limit: self.memory_limit, retry_after: self.retry_after }
+            })?;
+        self.report_buffered();
+        let mut acks = Vec::with_capacity(parts.len());
+        for part in parts {
+            let share = permit
+                .split(part.bytes.max(1))
+                .expect("permits were sized from the parts");
+            let (ack, done) = oneshot::channel();
+            let lane = &self.lanes[signal_index][part.partition as usize];
+            lane.send(Submission {
+                part,
+                ack,
+                _permit: share,
+            })
+            .map_err(|_| self.shutting_down())?;
+            acks.push(done);
+        }
+        let outcome = tokio::time::timeout(self.ack_timeout, try_join_all(acks)).await;
+        self.report_buffered();
+        match outcome {
+            Err(_) => Err(IngestError::Unavailable {
+                reason: format!(
+                    "data was not durable on the bus within {:?}",
+                    self.ack_timeout
+                ),
+                retry_after: self.retry_after,
+            }),
+            Ok(Err(_)) => Err(self.shutting_down()),
+            Ok(Ok(results)) => match results.into_iter().find_map(Result::err) {
+                Some(reason) => Err(IngestError::Unavailable {
+                    reason: format!("publishing to the bus failed: {reason}"),
+                    retry_after: self.retry_after,
+                }),
+                None => Ok(()),
+            },
+        }
+    }
+
+    fn shutting_down(&self) -> IngestError {
+        IngestError::Unavailable {
+            reason: "collector is shutting down".into(),
+            retry_after: self.retry_after,
+        }
+    }
+
+    fn report_buffered(&self) {
+        let buffered = self.memory_limit - self.memory.available_permits();
+        metrics::gauge!("tidewater_collector_buffered_bytes").set(buffered as f64);
+    }
+
+    /// Stops taking parts, publishes what the lanes hold, and waits for them.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+struct Lane {
+    signal: Signal,
+    key: PartitionKey,
+    partition: u32,
+    max_items: usize,
+    max_bytes: usize,
+    timeout: Duration,
+    zstd_level: i32,
+    producer: Arc<dyn Producer>,
+    producer_name: String,
+}
+
+#[derive(Default)]
+struct Batch {
+    parts: Vec<Part>,
+    acks: Vec<oneshot::Sender<AckResult>>,
+    permits: Vec<OwnedSemaphorePermit>,
+    items: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, s: Submission) {
+        self.items += s.part.items as usize;
+        self.bytes += s.part.bytes;
+        self.parts.push(s.part);
+        self.acks.push(s.ack);
+        self.permits.push(s._permit);
+    }
+}
+
+impl Lane {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Submission>, stop: CancellationToken) {
+        let mut closing = false;
+        loop {
+            let mut batch = Batch::default();
+            match next(&mut rx, &stop, &mut closing).await {
+                Some(s) => batch.push(s),
+                None => return,
+            }
+            let deadline = Instant::now() + self.timeout;
+            let mut closed = false;
+            while batch.items < self.max_items && batch.bytes < self.max_bytes {
+                tokio::select! {
+                    s = next(&mut rx, &stop, &mut closing) => match s {
+                        Some(s) => batch.push(s),
+                        None => { closed = true; break; }
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.publish(batch).await;
+            if closed {
+                return;
+            }
+        }
+    }
+
+    async fn publish(&self, batch: Batch) {
+        let Batch {
+            parts,
+            acks,
+            permits,
+            items,
+            bytes,
+        } = batch;
+        let result = match self.envelope(parts, items) {
+            Ok(envelope) => {
+                let record = Bytes::from(envelope.encode_to_vec());
+                let size = record.len();
+                match self.producer.publish(&self.key, vec![record]).await {
+                    Ok(_) => {
+                        let signal = self.signal.label();
+                        metrics::counter!("tidewater_collector_batches_published_total", "signal" => signal).increment(1);
+                        metrics::counter!("tidewater_collector_published_items_total", "signal" => signal).increment(items as u64);
+                        metrics::counter!("tidewater_collector_published_bytes_total", "signal" => signal).increment(size as u64);
+                        metrics::counter!("tidewater_collector_batched_bytes_total", "signal" => signal).increment(bytes as u64);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(signal = self.signal.label(), partition = self.partition, error = %e, "publish failed");
+                        metrics::counter!("tidewater_collector_publish_failures_total", "signal" => self.signal.label()).increment(1);
+                        Err(Arc::<str>::from(e.to_string()))
+                    }
+                }
+            }
+            Err(e) => Err(Arc::<str>::from(e)),
+        };
+        drop(permits);
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+
+    fn envelope(&self, parts: Vec<Part>, items: usize) -> Result<Envelope, String> {
+        let (encoding, payload) = encode(self.signal, parts);
+        let uncompressed_size = payload.len() as u64;
+        let compressed =
+            zstd::bulk::compress(&payload, self.zstd_level).map_err(|e| format!("zstd: {e}"))?;
+        Ok(Envelope {
+            signal: self.signal as i32,
+            encoding: encoding as i32,
+            compression: Compression::Zstd as i32,
+            payload: compressed,
+            produced_at_unix_nano: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            record_id: uuid::Uuid::now_v7().as_bytes().to_vec(),
+            item_count: items as u32,
+            uncompressed_size,
+            producer: self.producer_name.clone(),
+        })
+    }
+}
+
+/// The next submission; once `stop` fires the queue is closed, so what it holds is still
+/// returned and then `None`.
+async fn next(
+    rx: &mut mpsc::UnboundedReceiver<Submission>,
+    stop: &CancellationToken,
+    closing: &mut bool,
+) -> Option<Submission> {
+    loop {
+        tokio::select! {
+            s = rx.recv() => return s,
+            _ = stop.cancelled(), if !*closing => {
+                *closing = true;
+                rx.close();
+            }
+        }
+    }
+}
+
+/// Concatenates the parts of one signal into the request message that travels on the bus.
+pub fn encode(signal: Signal, parts: Vec<Part>) -> (Encoding, Vec<u8>) {
+    let payloads = parts.into_iter().map(|p| p.payload);
+    match signal {
+        Signal::Traces => {
+            let resource_spans = payloads
+                .flat_map(|p| match p {
+                    Payload::Traces(v) => v,
+                    _ => Vec::new(),
+                })
+                .collect();
+            (
+                Encoding::OtlpProto,
+                ExportTraceServiceRequest { resource_spans }.encode_to_vec(),
+            )
+        }
+        Signal::Metrics => {
+            let resource_metrics = payloads
+                .flat_map(|p| match p {
+                    Payload::Metrics(v) => v,
+                    _ => Vec::new(),
+                })
+                .collect();
+            (
+                Encoding::OtlpProto,
+                ExportMetricsServiceRequest { resource_metrics }.encode_to_vec(),
+            )
+        }
+        Signal::Logs => {
+            let resource_logs = payloads
+                .flat_map(|p| match p {
+                    Payload::Logs(v) => v,
+                    _ => Vec::new(),
+                })
+                .collect();
+            (
+                Encoding::OtlpProto,
+                ExportLogsServiceRequest { resource_logs }.encode_to_vec(),
+            )
+        }
+        Signal::Events => {
+            let events = payloads
+                .flat_map(|p| match p {
+                    Payload::Events(v) => v,
+                    _ => Vec::new(),
+                })
+                .collect();
+            (
+                Encoding::EventsProto,
+                PublishRequest { events }.encode_to_vec(),
+            )
+        }
+        Signal::XraySegments | Signal::Unspecified => unreachable!("not batched by lanes"),
+    }
+}

@@ -1,0 +1,4 @@
+//! The collector's listeners. Each one decodes its protocol and calls [`crate::ingest::Ingest`].
+
+pub mod grpc;
+pub mod http;

@@ -1,0 +1,22 @@
+//! What a sink is: something that takes decoded batches and says when they are safe.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tidewater_proto::Signal;
+
+use crate::decode::Batch;
+
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// Whether this sink wants batches of `signal`.
+    fn accepts(&self, signal: Signal) -> bool;
+
+    /// Delivers `batches` (all of accepted signals, in bus order). `Ok` means every item is
+    /// stored at the destination or dead-lettered with its reason: the checkpoint may move
+    /// past them. An error means try the whole call again later; a sink that can tell which
+    /// items failed retries only those inside this call instead of returning an error.
+    async fn deliver(&self, batches: &[Arc<Batch>]) -> anyhow::Result<()>;
+}

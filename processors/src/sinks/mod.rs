@@ -1,0 +1,3 @@
+//! Destinations. Each sink owns its config, its translation (pure, elsewhere) and its I/O.
+
+pub mod file;

@@ -1,0 +1,212 @@
+//! The whole configuration: one TOML file, every key overridable from the environment.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use tidewater_bus::BusConfig;
+use tidewater_collector::CollectorConfig;
+use tidewater_processors::{ProcessorConfig, SinksConfig};
+
+/// Prefix of environment overrides: `TIDEWATER_BUS__KIND=embedded` sets `bus.kind`.
+pub const ENV_PREFIX: &str = "TIDEWATER_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub collector: CollectorConfig,
+    pub bus: BusConfig,
+    pub processor: ProcessorConfig,
+    pub sinks: SinksConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `/healthz`, `/readyz` and Prometheus `/metrics`.
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8888)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `RUST_LOG` syntax; `RUST_LOG` itself wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (when given), then `TIDEWATER_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Overrides come from the given pairs, not the process environment, so callers (and
+        // tests) decide what is read; the rule is figment's Env provider's: `__` nests.
+        let mut from_env = std::collections::HashMap::new();
+        for (var, value) in env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)) {
+            let key = var[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
+            figment = figment.merge(Serialized::global(&key, parse_env_value(&value)));
+            from_env.insert(key, var);
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            let errors: Vec<String> = e.into_iter().map(|e| describe(e, &from_env)).collect();
+            anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let b = &self.bus.embedded;
+        if b.partitions == 0 || b.partitions > 1024 {
+            anyhow::bail!(
+                "bus.embedded.partitions must be between 1 and 1024 (got {})",
+                b.partitions
+            );
+        }
+        if self.collector.batch.max_items == 0 {
+            anyhow::bail!("collector.batch.max_items must be at least 1");
+        }
+        if self.collector.memory_limit.as_u64() < self.collector.batch.max_size.as_u64() {
+            anyhow::bail!(
+                "collector.memory_limit ({}) must be at least collector.batch.max_size ({})",
+                self.collector.memory_limit,
+                self.collector.batch.max_size
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Environment values are TOML scalars when they parse as one (`8192`, `true`), else strings
+/// (`127.0.0.1:4317`, `5s`, `16MiB`).
+fn parse_env_value(v: &str) -> figment::value::Value {
+    v.parse::<figment::value::Value>()
+        .unwrap_or_else(|_| figment::value::Value::from(v.to_string()))
+}
+
+/// One line per problem, naming the key and, for overrides, the variable that set it.
+fn describe(e: figment::Error, from_env: &std::collections::HashMap<String, String>) -> String {
+    let path = e.path.join(".");
+    let origin = match from_env.get(&path) {
+        Some(var) => format!(" (set by {var})"),
+        None => match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            Some(src) => format!(" (in {src})"),
+            None => String::new(),
+        },
+    };
+    let key = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    };
+    format!("{key}{}{origin}", e.kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn example_file_is_valid_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tidewater.example.toml");
+        let from_file = Config::load(Some(&path), []).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            toml::to_string(&from_file).unwrap(),
+            toml::to_string(&defaults).unwrap(),
+            "the example documents the defaults"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("TIDEWATER_BUS__KIND", "embedded"),
+                ("TIDEWATER_SINKS__FILE__DIR", "/tmp/out"),
+                ("TIDEWATER_COLLECTOR__BATCH__TIMEOUT", "5s"),
+                ("TIDEWATER_COLLECTOR__MAX_REQUEST_SIZE", "2MiB"),
+                ("TIDEWATER_COLLECTOR__BATCH__MAX_ITEMS", "100"),
+                ("TIDEWATER_COLLECTOR__GRPC_ADDR", "0.0.0.0:14317"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sinks.file.dir, Path::new("/tmp/out"));
+        assert_eq!(c.collector.batch.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.collector.max_request_size.as_u64(), 2 * 1024 * 1024);
+        assert_eq!(c.collector.batch.max_items, 100);
+        assert_eq!(c.collector.grpc_addr.port(), 14317);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[bus]\nkind = \"embedded\"\npartitons = 3").unwrap();
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(e.contains("partitons"), "{e}");
+
+        let e = Config::load(
+            None,
+            env(&[("TIDEWATER_COLLECTOR__BATCH__TIMEOUT", "soon")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("collector.batch.timeout"), "{e}");
+
+        let e = Config::load(None, env(&[("TIDEWATER_BUS__KIND", "carrier-pigeon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bus.kind") && e.contains("carrier-pigeon"),
+            "{e}"
+        );
+    }
+}

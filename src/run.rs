@@ -1,0 +1,207 @@
+//! Wires configured components together: `up` runs both halves over one bus; `collector` and
+//! `processor` run one each.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tidewater_bus::embedded::EmbeddedLog;
+use tidewater_bus::{BusKind, Consumer, Producer};
+use tidewater_collector::Collector;
+use tidewater_processors::runtime::Processor;
+use tidewater_processors::sink::Sink;
+use tidewater_processors::sinks::file::FileSink;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Readiness};
+use crate::config::Config;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    Up,
+    Collector,
+    Processor,
+}
+
+impl Role {
+    fn collects(self) -> bool {
+        matches!(self, Role::Up | Role::Collector)
+    }
+    fn processes(self) -> bool {
+        matches!(self, Role::Up | Role::Processor)
+    }
+}
+
+/// The bus, opened once per process and shared by both halves in `up`.
+struct Bus {
+    embedded: Arc<EmbeddedLog>,
+}
+
+impl Bus {
+    fn open(config: &Config) -> anyhow::Result<Bus> {
+        match config.bus.kind {
+            BusKind::Embedded => Ok(Bus {
+                embedded: EmbeddedLog::open(&config.bus.embedded)?,
+            }),
+        }
+    }
+
+    fn producer(&self) -> Arc<dyn Producer> {
+        Arc::new(self.embedded.producer())
+    }
+
+    fn consumer(&self, group: &str) -> anyhow::Result<Box<dyn Consumer>> {
+        Ok(Box::new(self.embedded.consumer(group)?))
+    }
+}
+
+pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if config.sinks.file.enabled {
+        sinks.push(Arc::new(FileSink::new(config.sinks.file.clone())?));
+    }
+    if sinks.is_empty() {
+        anyhow::bail!("no sink is enabled: enable at least one under [sinks]");
+    }
+    Ok(sinks)
+}
+
+/// What `check-config` prints: the components a role would start, and where.
+pub fn describe(config: &Config, role: Role) -> Vec<String> {
+    let mut lines = Vec::new();
+    let c = &config.collector;
+    if role.collects() {
+        lines.push(format!(
+            "collector: OTLP/gRPC + events gRPC on {}, OTLP/HTTP + POST /v1/events on {}",
+            c.grpc_addr, c.http_addr
+        ));
+        lines.push(format!(
+            "  batches of up to {} items / {} / {:?}, memory limit {}, max request {}",
+            c.batch.max_items,
+            c.batch.max_size,
+            c.batch.timeout,
+            c.memory_limit,
+            c.max_request_size
+        ));
+    }
+    match config.bus.kind {
+        BusKind::Embedded => {
+            let b = &config.bus.embedded;
+            lines.push(format!(
+                "bus: embedded log in {} ({} partitions, fsync {:?})",
+                b.dir.display(),
+                b.partitions,
+                b.fsync
+            ));
+        }
+    }
+    if role.processes() {
+        lines.push(format!(
+            "processor: group {:?}, up to {} records per round",
+            config.processor.group, config.processor.max_poll_records
+        ));
+        if config.sinks.file.enabled {
+            lines.push(format!("  sink file: {}", config.sinks.file.dir.display()));
+        }
+    }
+    lines.push(format!(
+        "admin: /healthz /readyz /metrics on {}",
+        config.admin.addr
+    ));
+    lines
+}
+
+pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+    let metrics = admin::install_metrics()?;
+    let readiness = Readiness::default();
+    let stop = CancellationToken::new();
+    admin::serve(
+        config.admin.addr,
+        readiness.clone(),
+        metrics,
+        stop.child_token(),
+    )
+    .await?;
+
+    let bus_ready = readiness.component("bus");
+    let bus = Bus::open(&config)?;
+    bus_ready.store(true, Ordering::Release);
+
+    let collector = if role.collects() {
+        let ready = readiness.component("collector");
+        let collector =
+            Collector::start(&config.collector, bus.producer(), producer_name()).await?;
+        ready.store(true, Ordering::Release);
+        Some(collector)
+    } else {
+        None
+    };
+
+    let processor_stop = CancellationToken::new();
+    let processor = if role.processes() {
+        let ready = readiness.component("processor");
+        let processor = Processor::new(
+            config.processor.clone(),
+            bus.consumer(&config.processor.group)?,
+            sinks(&config)?,
+        );
+        let task = tokio::spawn(processor.run(processor_stop.clone()));
+        ready.store(true, Ordering::Release);
+        Some(task)
+    } else {
+        None
+    };
+
+    tracing::info!(role = ?role, "tidewater running");
+    let mut processor = processor;
+    let processor_ended = async {
+        match processor.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut processor_done = false;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        result = processor_ended => {
+            processor_done = true;
+            report_processor_end(result);
+        }
+    }
+    // Collector first: it publishes what it holds, so a processor sees it now or next run.
+    if let Some(collector) = collector {
+        collector.shutdown().await;
+    }
+    processor_stop.cancel();
+    if let Some(task) = processor.filter(|_| !processor_done) {
+        report_processor_end(task.await);
+    }
+    stop.cancel();
+    Ok(())
+}
+
+fn report_processor_end(result: Result<anyhow::Result<()>, tokio::task::JoinError>) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "processor failed"),
+        Err(e) => tracing::error!(error = %e, "processor panicked"),
+    }
+}
+
+fn producer_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
