@@ -12,3 +12,4 @@ pub mod sink;
 pub mod sinks;
 
 pub use config::{ProcessorConfig, SinksConfig};
+pub mod xray;

@@ -48,6 +48,8 @@ const BUS_LABEL: &str = "embedded";
 /// Each partition gets a thread, so the count is kept to what one machine sensibly runs.
 const MAX_PARTITIONS: u32 = 1024;
 
+const META_VERSION: u32 = 1;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     version: u32,
@@ -254,6 +256,13 @@ fn check_meta(dir: &Path, partitions: u32) -> Result<(), BusError> {
         Ok(text) => {
             let meta: Meta = serde_json::from_slice(&text)
                 .map_err(|e| BusError::Corrupt(format!("{} is unreadable: {e}", path.display())))?;
+            if meta.version != META_VERSION {
+                return Err(BusError::Config(format!(
+                    "embedded bus directory {} has format version {}; this build reads version {META_VERSION}",
+                    dir.display(),
+                    meta.version
+                )));
+            }
             if meta.partitions != partitions {
                 return Err(BusError::Config(format!(
                     "embedded bus directory {} was created with {} partitions but the configuration asks for {partitions}; \
@@ -267,7 +276,7 @@ fn check_meta(dir: &Path, partitions: u32) -> Result<(), BusError> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let meta = Meta {
-                version: 1,
+                version: META_VERSION,
                 partitions,
             };
             let json = serde_json::to_vec(&meta)

@@ -718,6 +718,5 @@ async fn concurrent_publishes_share_fsyncs() {
     let syncs = log.partitions[0]
         .syncs
         .load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("{syncs} fsyncs for 1600 publishes");
     assert!(syncs < 1200, "{syncs} fsyncs for 1600 publishes");
 }

@@ -218,8 +218,8 @@ impl Writer {
     pub(crate) fn run(mut self, rx: Receiver<Request>) {
         let housekeeping = (self.settings.retention_age / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(10));
-        let mut next_housekeeping = Instant::now() + housekeeping;
-        let mut next_sync = Instant::now() + self.settings.fsync_interval;
+        let mut next_housekeeping = later(Instant::now(), housekeeping);
+        let mut next_sync = later(Instant::now(), self.settings.fsync_interval);
         loop {
             let now = Instant::now();
             let mut deadline = next_housekeeping;
@@ -248,11 +248,11 @@ impl Writer {
                 if self.dirty || !self.waiting.is_empty() {
                     self.sync_and_release_waiting();
                 }
-                next_sync = now + self.settings.fsync_interval;
+                next_sync = later(now, self.settings.fsync_interval);
             }
             if now >= next_housekeeping {
                 self.enforce_retention();
-                next_housekeeping = now + housekeeping;
+                next_housekeeping = later(now, housekeeping);
             }
         }
         // Clean shutdown: fsync what was written so it also outlives a machine crash. Nobody
@@ -276,6 +276,14 @@ impl Writer {
                     let _ = req.reply.send(Err(e));
                 }
             }
+        }
+        if let Some(msg) = &self.failed {
+            // Never fsync again after a failure: a retried fsync can succeed without the lost
+            // writes having reached the disk.
+            for (reply, _) in done {
+                let _ = reply.send(Err(BusError::Unavailable(msg.clone())));
+            }
+            return;
         }
         // Checked on every batch, not just on roll, so the size budget holds as the active
         // segment grows; it costs a comparison unless something is due for deletion.
@@ -301,6 +309,12 @@ impl Writer {
 
     fn sync_and_release_waiting(&mut self) {
         let waiting = std::mem::take(&mut self.waiting);
+        if let Some(msg) = &self.failed {
+            for (reply, _) in waiting {
+                let _ = reply.send(Err(BusError::Unavailable(msg.clone())));
+            }
+            return;
+        }
         if self.dirty {
             if let Err(e) = self.sync() {
                 let _ = self.fail(e, waiting);
@@ -498,6 +512,12 @@ impl Writer {
             self.report_size();
         }
     }
+}
+
+/// `now + d`, saturating: a configured interval can be absurdly long without panicking.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn release(done: Vec<(oneshot::Sender<Result<u64, BusError>>, u64)>) {

@@ -1,0 +1,233 @@
+//! Runs the real `tidewater` binary for end-to-end tests: free loopback ports, a scratch
+//! working directory (so `tidewater-data/` lands there), readiness polling, signals, and
+//! readers for what the file sink wrote.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Tidewater {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub grpc: u16,
+    pub http: u16,
+    pub admin: u16,
+    env: Vec<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Tidewater {
+    /// Starts `tidewater up` in `dir` with `env` overrides and waits until `/readyz` says so.
+    pub fn up(dir: &Path, env: &[(&str, &str)]) -> Tidewater {
+        let mut t = Tidewater {
+            child: None,
+            dir: dir.to_path_buf(),
+            grpc: free_port(),
+            http: free_port(),
+            admin: free_port(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        t.start();
+        t
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tidewater.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewater"));
+        cmd.arg("up")
+            .current_dir(&self.dir)
+            .env("TIDEWATER_COLLECTOR__GRPC_ADDR", format!("127.0.0.1:{}", self.grpc))
+            .env("TIDEWATER_COLLECTOR__HTTP_ADDR", format!("127.0.0.1:{}", self.http))
+            .env("TIDEWATER_ADMIN__ADDR", format!("127.0.0.1:{}", self.admin))
+            .env("TIDEWATER_COLLECTOR__BATCH__TIMEOUT", "50ms")
+            .env("TIDEWATER_PROCESSOR__POLL_WAIT", "100ms")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn tidewater"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tidewater exited with {status} before it was ready:\n{}", self.log());
+            }
+            if http_get(self.admin, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tidewater not ready after 30s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tidewater.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "tidewater exited with {status}:\n{}", self.log());
+                    return;
+                }
+                assert!(Instant::now() < deadline, "tidewater did not stop within 30s of SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: the crash path.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").map(|(_, body)| body).unwrap_or_default()
+    }
+
+    /// Every JSON line the file sink wrote for `signal`.
+    pub fn sink_lines(&self, signal: &str) -> Vec<Value> {
+        let path = self.dir.join("tidewater-data/out").join(format!("{signal}.ndjson"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).expect("sink writes JSON lines")).collect()
+    }
+}
+
+impl Drop for Tidewater {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal blocking HTTP GET on loopback, so readiness polling needs no async runtime.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The Python interpreter of the venv that `scripts/test` prepares.
+pub fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: run ./scripts/test (it creates the venv with the OpenTelemetry SDK)", p.display());
+    p
+}
+
+/// Runs the OpenTelemetry SDK app and returns what it reports having sent.
+pub fn run_otel_app(protocol: &str, endpoint: &str, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/otel_app.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(["--protocol", protocol, "--endpoint", endpoint])
+        .args(args)
+        .output()
+        .expect("run otel_app.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "otel_app.py failed ({}):\nstdout: {stdout}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("otel_app.py prints a JSON summary")
+}
+
+/// Every span in the OTLP/JSON batches the file sink wrote, with its resource attached.
+pub fn spans(lines: &[Value]) -> Vec<(Value, Value)> {
+    let mut out = Vec::new();
+    for line in lines {
+        for rs in line["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for span in ss["spans"].as_array().into_iter().flatten() {
+                    out.push((rs["resource"].clone(), span.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn log_records(lines: &[Value]) -> Vec<(Value, Value)> {
+    let mut out = Vec::new();
+    for line in lines {
+        for rl in line["resourceLogs"].as_array().into_iter().flatten() {
+            for sl in rl["scopeLogs"].as_array().into_iter().flatten() {
+                for r in sl["logRecords"].as_array().into_iter().flatten() {
+                    out.push((rl["resource"].clone(), r.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (metric name, data point) for every point written.
+pub fn metric_points(lines: &[Value]) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for line in lines {
+        for rm in line["resourceMetrics"].as_array().into_iter().flatten() {
+            for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+                for m in sm["metrics"].as_array().into_iter().flatten() {
+                    let name = m["name"].as_str().unwrap_or_default().to_string();
+                    for kind in ["sum", "gauge", "histogram", "exponentialHistogram", "summary"] {
+                        for p in m[kind]["dataPoints"].as_array().into_iter().flatten() {
+                            out.push((name.clone(), p.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The value of attribute `key` in an OTLP/JSON attribute list, as its JSON AnyValue.
+pub fn attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
+    attrs.as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| &kv["value"])
+}
