@@ -19,7 +19,7 @@ fn sent_span_ids(sent: &Value) -> Vec<String> {
 #[test]
 fn otel_sdk_and_events_reach_the_file_sink_intact() {
     let dir = tempfile::tempdir().unwrap();
-    let tw = Tidewater::up(dir.path(), &[]);
+    let tw = Tidewater::up::<&str, &str>(dir.path(), &[]);
 
     let via_grpc = run_otel_app("grpc", &tw.grpc_url(), &["--service", "shop-grpc", "--traces", "20", "--logs", "15"]);
     let via_http = run_otel_app("http", &tw.http_url(""), &["--service", "shop-http", "--traces", "20", "--logs", "15"]);

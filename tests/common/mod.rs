@@ -3,6 +3,8 @@
 //! readers for what the file sink wrote.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,20 +21,20 @@ pub struct Tidewater {
     env: Vec<(String, String)>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Tidewater {
     /// Starts `tidewater up` in `dir` with `env` overrides and waits until `/readyz` says so.
-    pub fn up(dir: &Path, env: &[(&str, &str)]) -> Tidewater {
+    pub fn up<K: AsRef<str>, V: AsRef<str>>(dir: &Path, env: &[(K, V)]) -> Tidewater {
         let mut t = Tidewater {
             child: None,
             dir: dir.to_path_buf(),
             grpc: free_port(),
             http: free_port(),
             admin: free_port(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env.iter().map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string())).collect(),
         };
         t.start();
         t
