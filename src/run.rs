@@ -123,7 +123,11 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     .await?;
 
     let bus_ready = readiness.component("bus");
-    let bus = Bus::open(&config)?;
+    // Opening scans and checks the retained log: blocking work, kept off the async workers.
+    let bus = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Bus::open(&config)).await??
+    };
     bus_ready.store(true, Ordering::Release);
 
     let collector = if role.collects() {
