@@ -1397,7 +1397,7 @@ fn xray_size_cap_keeps_otel_trace_id_sheds_annotations_then_stacks() {
             .collect(),
     );
     sp.trace_id = RANDOM_TRACE.to_vec();
-    sp.events = (0..2)
+    sp.events = (0..5)
         .map(|_| exception_event("java.lang.Error", "x", &frames))
         .collect();
     let (docs, stats) = run_at(
@@ -1410,12 +1410,20 @@ fn xray_size_cap_keeps_otel_trace_id_sheds_annotations_then_stacks() {
     assert_eq!(docs.len(), 1);
     let d = &docs[0];
     assert_eq!(d["annotations"]["otel_trace_id"], RANDOM_HEX);
-    assert!(stats.annotations_shed > 0 && stats.annotations_shed <= 20);
-    assert_eq!(stats.metadata_keys_shed, 1); // otel.resource.service.name
-                                             // Two exceptions of 50 frames (~16 KB each): at least one lost its stack.
-    if stats.annotations_shed == 20 {
-        assert!(stats.stack_frames_shed > 0);
-    }
+    // ~40 KB of annotations and five 50-frame stacks of ~14 KB: metadata (the
+    // resource key), every annotation but otel_trace_id, then one stack.
+    assert_eq!(d["annotations"].as_object().unwrap().len(), 1);
+    assert!(d.get("metadata").is_none());
+    assert_eq!(
+        (
+            stats.metadata_keys_shed,
+            stats.annotations_shed,
+            stats.stack_frames_shed,
+            stats.documents_split
+        ),
+        (1, 20, 50, 0),
+        "{stats:?}"
+    );
     let shed_frames: u64 = d["cause"]["exceptions"]
         .as_array()
         .unwrap()
