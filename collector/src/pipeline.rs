@@ -250,6 +250,7 @@ impl Lane {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "publish", skip_all, fields(signal = self.signal.label(), partition = self.partition, items = batch.items, bytes = batch.bytes))]
     async fn publish(&self, batch: Batch) {
         let Batch {
             parts,
