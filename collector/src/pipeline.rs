@@ -68,7 +68,8 @@ impl Pipeline {
         let partitions = producer.partitions().max(1);
         let memory_limit = usize::try_from(config.memory_limit.as_u64())
             .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
+            // Permits are taken per request as a u32.
+            .min(u32::MAX as usize);
         let mut tasks = JoinSet::new();
         let stop = CancellationToken::new();
         let lanes = SIGNALS
