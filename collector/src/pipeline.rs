@@ -137,6 +137,12 @@ impl Pipeline {
                 IngestError::Busy { limit: self.memory_limit, retry_after: self.retry_after }
             })?;
         self.report_buffered();
+        let items: u64 = parts.iter().map(|p| p.items as u64).sum();
+        let label = signal.label();
+        metrics::gauge!("tidewater_collector_queued_items", "signal" => label)
+            .increment(items as f64);
+        metrics::gauge!("tidewater_collector_queued_bytes", "signal" => label)
+            .increment(total as f64);
         let mut acks = Vec::with_capacity(parts.len());
         for part in parts {
             let share = permit
@@ -282,7 +288,12 @@ impl Lane {
             }
             Err(e) => Err(Arc::<str>::from(e)),
         };
+        let held: usize = permits.iter().map(|p| p.num_permits()).sum();
         drop(permits);
+        metrics::gauge!("tidewater_collector_queued_items", "signal" => self.signal.label())
+            .decrement(items as f64);
+        metrics::gauge!("tidewater_collector_queued_bytes", "signal" => self.signal.label())
+            .decrement(held as f64);
         for ack in acks {
             let _ = ack.send(result.clone());
         }
