@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct BusConfig {
     pub kind: BusKind,
     pub embedded: EmbeddedConfig,
+    pub kinesis: crate::kinesis::KinesisConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +18,8 @@ pub enum BusKind {
     /// An on-disk log inside the process: one machine, development, `tidewater up`.
     #[default]
     Embedded,
+    /// Amazon Kinesis Data Streams: many collectors, many processors sharing the shards.
+    Kinesis,
 }
 
 /// When the embedded log calls fsync.

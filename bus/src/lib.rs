@@ -10,6 +10,7 @@
 pub mod config;
 pub mod embedded;
 mod key;
+pub mod kinesis;
 
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub enum BusError {
     Corrupt(String),
     #[error("bus misconfigured: {0}")]
     Config(String),
+    /// The bus refuses these records as they are (too large, invalid): retrying cannot help.
+    #[error("records refused by the bus: {0}")]
+    Rejected(String),
 }
 
 /// Where a record sits in its partition; what a checkpoint stores.
@@ -75,6 +79,12 @@ pub trait Producer: Send + Sync + 'static {
     /// How many partitions keys are spread over now. The collector keeps one batch per
     /// partition, so a batch never straddles two.
     fn partitions(&self) -> u32;
+
+    /// The largest record the bus takes, if it has a limit: the collector splits a batch
+    /// that would encode larger into several records under the same key.
+    fn max_record_size(&self) -> Option<usize> {
+        None
+    }
 
     /// Appends `records`, in order, to the partition that owns `key`. Returns once they are
     /// durable as the bus defines it (fsynced, replicated, or acknowledged by the service).

@@ -191,6 +191,25 @@ impl EmbeddedLog {
         self.partitions.len() as u32
     }
 
+    /// Records not yet committed by `group`, over every partition.
+    pub fn backlog(&self, group: &str) -> Result<u64, BusError> {
+        offsets::validate_group(group)?;
+        let committed = offsets::OffsetStore::new(&self.offsets_dir(), group).load()?;
+        Ok(self
+            .partitions
+            .iter()
+            .map(|part| {
+                let oldest = lock(&part.segments).first().copied().unwrap_or(0);
+                let from = committed
+                    .get(&part.index)
+                    .copied()
+                    .unwrap_or(oldest)
+                    .max(oldest);
+                part.end().saturating_sub(from)
+            })
+            .sum())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

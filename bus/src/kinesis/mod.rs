@@ -1,0 +1,36 @@
+//! Kinesis Data Streams as the bus.
+//!
+//! - [`producer`]: the collector's side. PutRecords within the service limits, KPL
+//!   aggregation ([`aggregation`]), retry of only the failed records, per-shard adaptive
+//!   throttling, and the disk [`spool`] for when the stream cannot take data in time.
+//! - [`consumer`]: the processors' side. Shards ([`shards`]) are shared among processors by
+//!   leases in DynamoDB ([`leases`]), read with GetRecords within the per-shard limits,
+//!   de-aggregated, and checkpointed (sequence number plus sub-sequence) in the lease table.
+
+pub mod aggregation;
+pub mod config;
+pub mod consumer;
+mod error;
+pub mod leases;
+pub mod producer;
+pub mod shards;
+pub mod spool;
+
+pub use config::KinesisConfig;
+// pub use consumer::KinesisConsumer;
+pub use producer::KinesisProducer;
+
+/// The SDK configuration from the standard AWS chain (region, credentials, and
+/// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL_DYNAMODB`), with
+/// timeouts so that a stream that hangs is noticed and the producer can spool.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(std::time::Duration::from_secs(10))
+        .operation_timeout(std::time::Duration::from_secs(30))
+        .build();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await
+}
