@@ -102,6 +102,9 @@ impl Config {
                 b.partitions
             );
         }
+        if self.bus.kind == tidewater_bus::BusKind::Kinesis {
+            self.bus.kinesis.validate().map_err(anyhow::Error::msg)?;
+        }
         if self.collector.batch.max_items == 0 {
             anyhow::bail!("collector.batch.max_items must be at least 1");
         }

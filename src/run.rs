@@ -32,26 +32,40 @@ impl Role {
 }
 
 /// The bus, opened once per process and shared by both halves in `up`.
-struct Bus {
-    embedded: Arc<EmbeddedLog>,
+enum Bus {
+    Embedded(Arc<EmbeddedLog>),
+    Kinesis(tidewater_bus::kinesis::KinesisConfig),
 }
 
 impl Bus {
     fn open(config: &Config) -> anyhow::Result<Bus> {
         match config.bus.kind {
-            BusKind::Embedded => Ok(Bus {
-                embedded: EmbeddedLog::open(&config.bus.embedded)?,
-            }),
+            BusKind::Embedded => Ok(Bus::Embedded(EmbeddedLog::open(&config.bus.embedded)?)),
+            BusKind::Kinesis => Ok(Bus::Kinesis(config.bus.kinesis.clone())),
         }
     }
 
-    fn producer(&self) -> Arc<dyn Producer> {
-        Arc::new(self.embedded.producer())
+    async fn producer(&self) -> anyhow::Result<Arc<dyn Producer>> {
+        Ok(match self {
+            Bus::Embedded(log) => Arc::new(log.producer()),
+            Bus::Kinesis(k) => Arc::new(tidewater_bus::kinesis::producer(k).await?),
+        })
     }
 
-    fn consumer(&self, group: &str) -> anyhow::Result<Box<dyn Consumer>> {
-        Ok(Box::new(self.embedded.consumer(group)?))
+    async fn consumer(&self, group: &str) -> anyhow::Result<Box<dyn Consumer>> {
+        Ok(match self {
+            Bus::Embedded(log) => Box::new(log.consumer(group)?),
+            Bus::Kinesis(k) => Box::new(
+                tidewater_bus::kinesis::consumer(k, format!("{group}/{}", worker_id())).await?,
+            ),
+        })
     }
+}
+
+/// Unique per process, so a restarted worker never mistakes its predecessor's leases for
+/// its own.
+fn worker_id() -> String {
+    format!("{}-{}", producer_name(), uuid::Uuid::new_v4().simple())
 }
 
 pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
@@ -91,6 +105,17 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
                 b.dir.display(),
                 b.partitions,
                 b.fsync
+            ));
+        }
+        BusKind::Kinesis => {
+            let k = &config.bus.kinesis;
+            lines.push(format!(
+                "bus: Kinesis stream {:?} (aggregation {}, records up to {}), leases in DynamoDB table {:?}, spool {}",
+                k.stream,
+                if k.aggregation { "on" } else { "off" },
+                k.max_record_size,
+                k.lease_table,
+                k.spool.dir.display()
             ));
         }
     }
@@ -133,7 +158,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let collector = if role.collects() {
         let ready = readiness.component("collector");
         let collector =
-            Collector::start(&config.collector, bus.producer(), producer_name()).await?;
+            Collector::start(&config.collector, bus.producer().await?, producer_name()).await?;
         ready.store(true, Ordering::Release);
         Some(collector)
     } else {
@@ -145,7 +170,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         let ready = readiness.component("processor");
         let processor = Processor::new(
             config.processor.clone(),
-            bus.consumer(&config.processor.group)?,
+            bus.consumer(&config.processor.group).await?,
             sinks(&config)?,
         );
         let task = tokio::spawn(processor.run(processor_stop.clone()));

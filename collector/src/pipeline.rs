@@ -266,11 +266,18 @@ impl Lane {
             items,
             bytes,
         } = batch;
-        let result = match self.envelope(parts, items) {
-            Ok(envelope) => {
-                let record = Bytes::from(envelope.encode_to_vec());
-                let size = record.len();
-                match self.producer.publish(&self.key, vec![record]).await {
+        let chunks = chunk_parts(parts, self.producer.max_record_size());
+        let result = match chunks
+            .into_iter()
+            .map(|(parts, items)| {
+                self.envelope(parts, items)
+                    .map(|e| Bytes::from(e.encode_to_vec()))
+            })
+            .collect::<Result<Vec<Bytes>, String>>()
+        {
+            Ok(records) => {
+                let size: usize = records.iter().map(Bytes::len).sum();
+                match self.producer.publish(&self.key, records).await {
                     Ok(_) => {
                         let signal = self.signal.label();
                         metrics::counter!("tidewater_collector_batches_published_total", "signal" => signal).increment(1);
@@ -319,6 +326,36 @@ impl Lane {
             producer: self.producer_name.clone(),
         })
     }
+}
+
+/// Splits a batch into runs of parts that each encode within the bus's record limit, so a
+/// batch larger than one record travels as several records under the same key. Sizes are
+/// counted before compression (compressed output is never much larger), less a margin for the
+/// envelope's own fields and the partition key; a part larger than that goes alone and the
+/// bus refuses it if it still does not fit once compressed.
+fn chunk_parts(parts: Vec<Part>, limit: Option<usize>) -> Vec<(Vec<Part>, usize)> {
+    let Some(limit) = limit else {
+        let items = parts.iter().map(|p| p.items as usize).sum();
+        return vec![(parts, items)];
+    };
+    let budget = limit.saturating_sub(limit / 256 + 1024).max(1);
+    let mut chunks: Vec<(Vec<Part>, usize)> = Vec::new();
+    let mut bytes = 0;
+    for part in parts {
+        match chunks.last_mut() {
+            Some((run, items)) if bytes + part.bytes <= budget => {
+                bytes += part.bytes;
+                *items += part.items as usize;
+                run.push(part);
+            }
+            _ => {
+                bytes = part.bytes;
+                let items = part.items as usize;
+                chunks.push((vec![part], items));
+            }
+        }
+    }
+    chunks
 }
 
 /// The next submission; once `stop` fires the queue is closed, so what it holds is still
@@ -560,6 +597,47 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(&err, IngestError::Unavailable { reason, .. } if reason.contains("shutting down"))
+        );
+    }
+
+    fn sized(bytes: usize, items: u32) -> Part {
+        Part {
+            partition: 0,
+            payload: Payload::Events(Vec::new()),
+            items,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn batches_over_the_record_limit_become_several_records() {
+        let sizes = |chunks: &[(Vec<Part>, usize)]| -> Vec<(Vec<usize>, usize)> {
+            chunks
+                .iter()
+                .map(|(run, items)| (run.iter().map(|p| p.bytes).collect(), *items))
+                .collect()
+        };
+        let parts = || {
+            vec![
+                sized(40_000, 1),
+                sized(40_000, 2),
+                sized(40_000, 3),
+                sized(200_000, 4),
+                sized(10, 5),
+            ]
+        };
+        assert_eq!(
+            sizes(&chunk_parts(parts(), None)),
+            vec![(vec![40_000, 40_000, 40_000, 200_000, 10], 15)]
+        );
+        assert_eq!(
+            sizes(&chunk_parts(parts(), Some(100_000))),
+            vec![
+                (vec![40_000, 40_000], 3),
+                (vec![40_000], 3),
+                (vec![200_000], 4),
+                (vec![10], 5)
+            ]
         );
     }
 }

@@ -63,8 +63,6 @@ pub struct KinesisConfig {
     pub idle_poll_interval: Duration,
     /// Records asked for per GetRecords call (the service returns at most 10000).
     pub max_records_per_get: i32,
-    /// De-aggregated records buffered per shard ahead of the processor.
-    pub prefetch_records: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,7 +104,6 @@ impl Default for KinesisConfig {
             shard_sync_interval: Duration::from_secs(10),
             idle_poll_interval: Duration::from_millis(500),
             max_records_per_get: limits::MAX_GET_RECORDS,
-            prefetch_records: 2000,
         }
     }
 }
@@ -140,11 +137,10 @@ impl KinesisConfig {
                 "bus.kinesis.max_record_size cannot exceed a PutRecords request's 5 MiB".into(),
             );
         }
-        if self.max_in_flight == 0
-            || self.max_records_per_aggregate == 0
-            || self.prefetch_records == 0
-        {
-            return Err("bus.kinesis.max_in_flight, max_records_per_aggregate and prefetch_records must be at least 1".into());
+        if self.max_in_flight == 0 || self.max_records_per_aggregate == 0 {
+            return Err(
+                "bus.kinesis.max_in_flight and max_records_per_aggregate must be at least 1".into(),
+            );
         }
         if !(1..=limits::MAX_GET_RECORDS).contains(&self.max_records_per_get) {
             return Err("bus.kinesis.max_records_per_get must be between 1 and 10000".into());

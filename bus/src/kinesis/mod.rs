@@ -17,7 +17,7 @@ pub mod shards;
 pub mod spool;
 
 pub use config::KinesisConfig;
-// pub use consumer::KinesisConsumer;
+pub use consumer::KinesisConsumer;
 pub use producer::KinesisProducer;
 
 /// The SDK configuration from the standard AWS chain (region, credentials, and
@@ -33,4 +33,26 @@ pub async fn aws_config() -> aws_config::SdkConfig {
         .timeout_config(timeouts)
         .load()
         .await
+}
+
+/// A producer for `config.stream` with clients from the standard AWS chain.
+pub async fn producer(config: &KinesisConfig) -> Result<KinesisProducer, crate::BusError> {
+    let sdk = aws_config().await;
+    KinesisProducer::start(aws_sdk_kinesis::Client::new(&sdk), config.clone()).await
+}
+
+/// A consumer (one worker of the group sharing `config.lease_table`) with clients from the
+/// standard AWS chain. `worker` names this process in the lease table; it must be unique.
+pub async fn consumer(
+    config: &KinesisConfig,
+    worker: String,
+) -> Result<KinesisConsumer, crate::BusError> {
+    let sdk = aws_config().await;
+    KinesisConsumer::start(
+        aws_sdk_kinesis::Client::new(&sdk),
+        aws_sdk_dynamodb::Client::new(&sdk),
+        config.clone(),
+        worker,
+    )
+    .await
 }
