@@ -19,6 +19,8 @@ pub struct Tidewater {
     pub http: u16,
     pub admin: u16,
     env: Vec<(String, String)>,
+    /// `up`, `collector` or `processor`.
+    role: &'static str,
 }
 
 pub fn free_port() -> u16 {
@@ -32,7 +34,17 @@ pub fn free_port() -> u16 {
 impl Tidewater {
     /// Starts `tidewater up` in `dir` with `env` overrides and waits until `/readyz` says so.
     pub fn up<K: AsRef<str>, V: AsRef<str>>(dir: &Path, env: &[(K, V)]) -> Tidewater {
+        Tidewater::run("up", dir, env)
+    }
+
+    /// Starts `tidewater <role>` (`up`, `collector` or `processor`) like [`Tidewater::up`].
+    pub fn run<K: AsRef<str>, V: AsRef<str>>(
+        role: &'static str,
+        dir: &Path,
+        env: &[(K, V)],
+    ) -> Tidewater {
         let mut t = Tidewater {
+            role,
             child: None,
             dir: dir.to_path_buf(),
             grpc: free_port(),
@@ -55,7 +67,7 @@ impl Tidewater {
             .open(self.dir.join("tidewater.log"))
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewater"));
-        cmd.arg("up")
+        cmd.arg(self.role)
             .current_dir(&self.dir)
             .env(
                 "TIDEWATER_COLLECTOR__GRPC_ADDR",

@@ -69,6 +69,26 @@ pub fn moto() -> Peer {
     Peer::spawn("moto", cmd, port, |p| http_get(p, "/moto-api/").is_some())
 }
 
+/// kinesalite, the most faithful Kinesis stand-in (real sequence numbers, the service's limits,
+/// split/merge and shard ends), in memory. Its CLI listens on every interface, so it is started
+/// from a few lines of Node that bind loopback only. Installed by `scripts/setup-node`.
+pub fn kinesalite() -> Peer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/node");
+    assert!(
+        dir.join("node_modules/kinesalite").exists(),
+        "{} has no kinesalite: run ./scripts/test (scripts/setup-node installs it)",
+        dir.display()
+    );
+    let port = free_port();
+    let script = "require('kinesalite')({createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0, shardLimit: 100})\
+                  .listen(Number(process.argv[1]), '127.0.0.1')";
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir).args(["-e", script, &port.to_string()]);
+    Peer::spawn("kinesalite", cmd, port, |p| {
+        std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+    })
+}
+
 /// Environment that points every AWS SDK client at `endpoint` with dummy credentials, for
 /// `Tidewater::up(dir, &env)`; the SDKs read these through the standard configuration chain.
 pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
