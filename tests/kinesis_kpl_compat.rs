@@ -31,12 +31,20 @@ fn kpl_agg(command: &str, input: &Value) -> Value {
         .unwrap();
     serde_json::to_writer(child.stdin.take().unwrap(), input).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kpl_agg.py {command}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kpl_agg.py {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn config(stream: &str, spool: &Path) -> KinesisConfig {
-    let mut c = KinesisConfig { stream: stream.into(), lease_table: format!("{stream}-leases"), ..Default::default() };
+    let mut c = KinesisConfig {
+        stream: stream.into(),
+        lease_table: format!("{stream}-leases"),
+        ..Default::default()
+    };
     c.spool.dir = spool.to_path_buf();
     c.lease_duration = Duration::from_secs(1);
     c.shard_sync_interval = Duration::from_secs(1);
@@ -52,20 +60,38 @@ fn our_aggregates_deaggregate_with_the_reference_library() {
     let spool = tempfile::tempdir().unwrap();
     let keys: Vec<PartitionKey> = (0..3).map(|i| PartitionKey::for_partition(i, 3)).collect();
     let published: Vec<Vec<Bytes>> = (0..3)
-        .map(|k| (0..40).map(|i| Bytes::from(format!("key {k} record {i} {}", "x".repeat(i * 37)))).collect())
+        .map(|k| {
+            (0..40)
+                .map(|i| Bytes::from(format!("key {k} record {i} {}", "x".repeat(i * 37))))
+                .collect()
+        })
         .collect();
     rt.block_on(async {
-        client.create_stream().stream_name("agg").shard_count(3).send().await.unwrap();
+        client
+            .create_stream()
+            .stream_name("agg")
+            .shard_count(3)
+            .send()
+            .await
+            .unwrap();
         wait_active(&client, "agg").await;
-        let producer = KinesisProducer::start(client.clone(), config("agg", spool.path())).await.unwrap();
+        let producer = KinesisProducer::start(client.clone(), config("agg", spool.path()))
+            .await
+            .unwrap();
         assert_eq!(producer.partitions(), 3);
         for (key, records) in keys.iter().zip(&published) {
             producer.publish(key, records.clone()).await.unwrap();
         }
     });
     let stored = rt.block_on(read_stream(&client, "agg"));
-    assert!(stored.len() < 120, "aggregated: {} Kinesis records for 120 user records", stored.len());
-    assert!(stored.iter().all(|s| s.data.starts_with(&[0xF3, 0x89, 0x9A, 0xC2])));
+    assert!(
+        stored.len() < 120,
+        "aggregated: {} Kinesis records for 120 user records",
+        stored.len()
+    );
+    assert!(stored
+        .iter()
+        .all(|s| s.data.starts_with(&[0xF3, 0x89, 0x9A, 0xC2])));
 
     let input: Vec<Value> = stored
         .iter()
@@ -75,15 +101,25 @@ fn our_aggregates_deaggregate_with_the_reference_library() {
     let users = users.as_array().unwrap();
     assert_eq!(users.len(), 120);
     for (k, key) in keys.iter().enumerate() {
-        let mine: Vec<&Value> = users.iter().filter(|u| u["partition_key"] == key.key.as_str()).collect();
-        let data: Vec<Bytes> = mine.iter().map(|u| Bytes::from(B64.decode(u["data"].as_str().unwrap()).unwrap())).collect();
+        let mine: Vec<&Value> = users
+            .iter()
+            .filter(|u| u["partition_key"] == key.key.as_str())
+            .collect();
+        let data: Vec<Bytes> = mine
+            .iter()
+            .map(|u| Bytes::from(B64.decode(u["data"].as_str().unwrap()).unwrap()))
+            .collect();
         assert_eq!(data, published[k], "key {k}: every record, in order");
         for u in &mine {
             assert_eq!(u["explicit_hash_key"], key.hash.to_string().as_str());
             assert_eq!(u["aggregated"], true);
         }
         // Each key's aggregate sits on the shard its explicit hash key names.
-        let shards: std::collections::HashSet<&str> = stored.iter().filter(|s| s.partition_key == key.key).map(|s| s.shard.as_str()).collect();
+        let shards: std::collections::HashSet<&str> = stored
+            .iter()
+            .filter(|s| s.partition_key == key.key)
+            .map(|s| s.shard.as_str())
+            .collect();
         assert_eq!(shards.len(), 1, "{shards:?}");
     }
 }
@@ -102,11 +138,23 @@ fn reference_aggregates_are_read_by_our_consumer_and_resumed_mid_aggregate() {
         .collect();
     let aggregates = kpl_agg("aggregate", &Value::Array(user_records));
     let aggregates = aggregates.as_array().unwrap();
-    assert_eq!(aggregates.iter().map(|a| a["count"].as_u64().unwrap()).sum::<u64>(), 25);
+    assert_eq!(
+        aggregates
+            .iter()
+            .map(|a| a["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        25
+    );
 
     let c = config("kpl", spool.path());
     rt.block_on(async {
-        client.create_stream().stream_name("kpl").shard_count(1).send().await.unwrap();
+        client
+            .create_stream()
+            .stream_name("kpl")
+            .shard_count(1)
+            .send()
+            .await
+            .unwrap();
         wait_active(&client, "kpl").await;
         for a in aggregates {
             client
@@ -114,7 +162,9 @@ fn reference_aggregates_are_read_by_our_consumer_and_resumed_mid_aggregate() {
                 .stream_name("kpl")
                 .partition_key(a["partition_key"].as_str().unwrap())
                 .set_explicit_hash_key(a["explicit_hash_key"].as_str().map(String::from))
-                .data(aws_sdk_kinesis::primitives::Blob::new(B64.decode(a["data"].as_str().unwrap()).unwrap()))
+                .data(aws_sdk_kinesis::primitives::Blob::new(
+                    B64.decode(a["data"].as_str().unwrap()).unwrap(),
+                ))
                 .send()
                 .await
                 .unwrap();
@@ -124,18 +174,32 @@ fn reference_aggregates_are_read_by_our_consumer_and_resumed_mid_aggregate() {
             .put_record()
             .stream_name("kpl")
             .partition_key("plain")
-            .data(aws_sdk_kinesis::primitives::Blob::new(b"plain record".to_vec()))
+            .data(aws_sdk_kinesis::primitives::Blob::new(
+                b"plain record".to_vec(),
+            ))
             .send()
             .await
             .unwrap();
 
-        let mut consumer = KinesisConsumer::start(client.clone(), ddb.clone(), c.clone(), "worker-a".into()).await.unwrap();
+        let mut consumer =
+            KinesisConsumer::start(client.clone(), ddb.clone(), c.clone(), "worker-a".into())
+                .await
+                .unwrap();
         let records = poll_until(&mut consumer, 26).await;
-        let payloads: Vec<String> = records.iter().map(|r| String::from_utf8(r.payload.to_vec()).unwrap()).collect();
+        let payloads: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+            .collect();
         let mut want: Vec<String> = (0..25).map(|i| format!("event {i}")).collect();
         want.push("plain record".into());
         assert_eq!(payloads, want);
-        let Position::Sequence { sequence: first_seq, sub } = &records[0].position else { panic!() };
+        let Position::Sequence {
+            sequence: first_seq,
+            sub,
+        } = &records[0].position
+        else {
+            panic!()
+        };
         assert_eq!(*sub, 0);
         let subs: Vec<u32> = records[..25]
             .iter()
@@ -147,13 +211,28 @@ fn reference_aggregates_are_read_by_our_consumer_and_resumed_mid_aggregate() {
         assert_eq!(subs, (0..25).collect::<Vec<u32>>());
 
         // Checkpoint inside the aggregate; a new worker resumes right after it.
-        consumer.commit(&records[9].partition, &records[9].position).await.unwrap();
+        consumer
+            .commit(&records[9].partition, &records[9].position)
+            .await
+            .unwrap();
         drop(consumer);
-        let mut next = KinesisConsumer::start(client.clone(), ddb.clone(), c.clone(), "worker-b".into()).await.unwrap();
+        let mut next =
+            KinesisConsumer::start(client.clone(), ddb.clone(), c.clone(), "worker-b".into())
+                .await
+                .unwrap();
         let resumed = poll_until(&mut next, 16).await;
-        let payloads: Vec<String> = resumed.iter().map(|r| String::from_utf8(r.payload.to_vec()).unwrap()).collect();
+        let payloads: Vec<String> = resumed
+            .iter()
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+            .collect();
         assert_eq!(payloads, want[10..].to_vec());
-        assert_eq!(resumed[0].position, Position::Sequence { sequence: first_seq.clone(), sub: 10 });
+        assert_eq!(
+            resumed[0].position,
+            Position::Sequence {
+                sequence: first_seq.clone(),
+                sub: 10
+            }
+        );
     });
 }
 
@@ -161,8 +240,17 @@ async fn poll_until(consumer: &mut KinesisConsumer, n: usize) -> Vec<tidewater_b
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while out.len() < n {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {n} records after 30s", out.len());
-        out.extend(consumer.poll(100, Duration::from_millis(300)).await.unwrap());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} records after 30s",
+            out.len()
+        );
+        out.extend(
+            consumer
+                .poll(100, Duration::from_millis(300))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(out.len(), n, "nothing extra");
     out

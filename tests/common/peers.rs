@@ -83,7 +83,8 @@ pub fn kinesalite() -> Peer {
     let script = "require('kinesalite')({createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0, shardLimit: 100})\
                   .listen(Number(process.argv[1]), '127.0.0.1')";
     let mut cmd = Command::new("node");
-    cmd.current_dir(&dir).args(["-e", script, &port.to_string()]);
+    cmd.current_dir(&dir)
+        .args(["-e", script, &port.to_string()]);
     Peer::spawn("kinesalite", cmd, port, |p| {
         std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
     })

@@ -15,6 +15,8 @@ use tidewater_proto::Envelope;
 
 use crate::common::peers::{self, Peer};
 
+pub mod proxy;
+
 pub struct Peers {
     pub kinesis: Peer,
     pub dynamodb: Peer,
@@ -28,7 +30,12 @@ impl Peers {
         let dynamodb = peers::moto();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let client = kinesis_client(&kinesis.endpoint());
-        Peers { kinesis, dynamodb, rt, client }
+        Peers {
+            kinesis,
+            dynamodb,
+            rt,
+            client,
+        }
     }
 
     /// `tidewater` settings for `stream`, with leases in `lease_table`; short intervals so
@@ -57,7 +64,13 @@ impl Peers {
 
     pub fn create_stream(&self, name: &str, shards: i32) {
         self.rt.block_on(async {
-            self.client.create_stream().stream_name(name).shard_count(shards).send().await.unwrap();
+            self.client
+                .create_stream()
+                .stream_name(name)
+                .shard_count(shards)
+                .send()
+                .await
+                .unwrap();
             wait_active(&self.client, name).await;
         });
     }
@@ -92,8 +105,14 @@ pub fn kinesis_client(endpoint: &str) -> Client {
 
 pub async fn wait_active(client: &Client, name: &str) {
     for _ in 0..100 {
-        let d = client.describe_stream_summary().stream_name(name).send().await.unwrap();
-        if d.stream_description_summary().map(|s| s.stream_status()) == Some(&StreamStatus::Active) {
+        let d = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .unwrap();
+        if d.stream_description_summary().map(|s| s.stream_status()) == Some(&StreamStatus::Active)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -110,7 +129,12 @@ pub struct Stored {
 }
 
 pub async fn read_stream(client: &Client, stream: &str) -> Vec<Stored> {
-    let shards = client.list_shards().stream_name(stream).send().await.unwrap();
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
     let mut out = Vec::new();
     for shard in shards.shards() {
         let mut it = client
