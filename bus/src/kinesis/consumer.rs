@@ -301,6 +301,7 @@ async fn coordinate(shared: Arc<Shared>) {
             take(&shared, &mut observations).await
         }
         .await;
+        metrics::gauge!("tidewater_kinesis_leases_held").set(shared.held().len() as f64);
         match result {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
@@ -332,7 +333,6 @@ async fn renew(shared: &Shared) -> Result<(), BusError> {
         .iter()
         .map(|(s, h)| (s.clone(), h.counter))
         .collect();
-    metrics::gauge!("tidewater_kinesis_leases_held").set(mine.len() as f64);
     for (shard, counter) in mine {
         match shared.leases.renew(&shard, &shared.worker, counter).await? {
             Some(next) => {
