@@ -102,3 +102,114 @@ fn only_the_records_that_failed_are_sent_again() {
         "no duplicates: {counts:?}"
     );
 }
+
+/// Kinesis is unreachable for 30 s while clients keep sending: the collector spools to disk and
+/// keeps acknowledging what is durable there, then drains the spool in order once the stream
+/// is back, and the processor's sink receives every span.
+#[test]
+fn a_30_second_outage_is_spooled_to_disk_and_drained() {
+    let peers = Peers::start();
+    peers.create_stream("outage", 2);
+    let proxy = Proxy::start(&peers.kinesis.endpoint());
+    let mut collector_env = peers.env("outage", "outage-leases");
+    collector_env.retain(|(k, _)| k != "AWS_ENDPOINT_URL_KINESIS");
+    collector_env.extend([
+        ("AWS_ENDPOINT_URL_KINESIS".to_string(), proxy.endpoint()),
+        (
+            "TIDEWATER_BUS__KINESIS__SPOOL_AFTER".to_string(),
+            "1s".to_string(),
+        ),
+        (
+            "TIDEWATER_BUS__KINESIS__RETRY_MAX".to_string(),
+            "1s".to_string(),
+        ),
+    ]);
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let collector = common::Tidewater::run("collector", dirs[0].path(), &collector_env);
+    let processor = common::Tidewater::run(
+        "processor",
+        dirs[1].path(),
+        &peers.env("outage", "outage-leases"),
+    );
+
+    let start = std::time::Instant::now();
+    let mut sent = std::collections::HashSet::new();
+    let mut spooled_max = 0.0f64;
+    let mut batch = 0u32;
+    let mut went_down = None;
+    while start.elapsed() < Duration::from_secs(40) {
+        let t = start.elapsed();
+        if t > Duration::from_secs(5) && went_down.is_none() {
+            proxy.set_down(true);
+            went_down = Some(std::time::Instant::now());
+        }
+        if went_down.is_some_and(|d| d.elapsed() > Duration::from_secs(30)) {
+            proxy.set_down(false);
+        }
+        let request = common::otlp_traces(batch, 8, 4);
+        batch += 1;
+        let resp = common::post_protobuf(
+            &collector.http_url("/v1/traces"),
+            prost::Message::encode_to_vec(&request),
+        );
+        assert_eq!(
+            resp.status(),
+            200,
+            "acknowledged once durable in the spool, at {t:?}:\n{}",
+            collector.log()
+        );
+        for rs in &request.resource_spans {
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    sent.insert(
+                        s.span_id
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<String>(),
+                    );
+                }
+            }
+        }
+        let m = collector.metrics();
+        let depth = m
+            .lines()
+            .find(|l| l.starts_with("tidewater_kinesis_spool_depth_records"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        spooled_max = spooled_max.max(depth);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    proxy.set_down(false);
+    assert!(
+        spooled_max > 0.0,
+        "the outage went to the spool:\n{}",
+        collector.log()
+    );
+
+    let seen = common::wait_for(Duration::from_secs(90), || {
+        let seen = common::span_id_counts(&processor);
+        sent.iter().all(|id| seen.contains_key(id)).then_some(seen)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "spans lost ({} of {}):\n{}",
+            common::span_id_counts(&processor).len(),
+            sent.len(),
+            collector.log()
+        )
+    });
+    assert_eq!(seen.len(), sent.len());
+    let drained = common::wait_for(Duration::from_secs(30), || {
+        let m = collector.metrics();
+        m.lines()
+            .any(|l| l == "tidewater_kinesis_spool_depth_records 0")
+            .then_some(m)
+    });
+    assert!(drained.is_some(), "the spool is empty again");
+    eprintln!(
+        "outage: {} spans sent, spool peaked at {spooled_max} records, {} delivered twice",
+        sent.len(),
+        seen.values().filter(|n| **n > 1).count()
+    );
+}
