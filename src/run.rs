@@ -34,14 +34,14 @@ impl Role {
 /// The bus, opened once per process and shared by both halves in `up`.
 enum Bus {
     Embedded(Arc<EmbeddedLog>),
-    Kinesis(tidewater_bus::kinesis::KinesisConfig),
+    Kinesis(Box<tidewater_bus::kinesis::KinesisConfig>),
 }
 
 impl Bus {
     fn open(config: &Config) -> anyhow::Result<Bus> {
         match config.bus.kind {
             BusKind::Embedded => Ok(Bus::Embedded(EmbeddedLog::open(&config.bus.embedded)?)),
-            BusKind::Kinesis => Ok(Bus::Kinesis(config.bus.kinesis.clone())),
+            BusKind::Kinesis => Ok(Bus::Kinesis(Box::new(config.bus.kinesis.clone()))),
         }
     }
 
