@@ -15,7 +15,7 @@
 //! was read from it but not yet checkpointed is dropped, and the new owner reads it again
 //! from the checkpoint.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -168,11 +168,20 @@ impl KinesisConsumer {
             .map(|(s, _)| s.clone())
             .collect();
         for shard in done {
-            let kept = self
+            let kept = match self
                 .shared
                 .leases
                 .checkpoint(&shard, &self.shared.worker, &Checkpoint::ShardEnd)
-                .await?;
+                .await
+            {
+                Ok(kept) => kept,
+                Err(e) => {
+                    // Kept as ended: the next poll tries again.
+                    tracing::warn!(bus = BUS_LABEL, shard, error = %e, "cannot store SHARD_END yet");
+                    metrics::counter!("tidewater_kinesis_checkpoint_failures_total").increment(1);
+                    continue;
+                }
+            };
             if let Some(h) = self.shared.held().remove(&shard) {
                 h.stop.cancel();
             }
@@ -254,18 +263,25 @@ impl Consumer for KinesisConsumer {
             sequence: sequence.clone(),
             sub: *sub,
         };
-        if self
+        match self
             .shared
             .leases
             .checkpoint(partition, &self.shared.worker, &checkpoint)
-            .await?
+            .await
         {
-            if let Some(h) = self.shared.held().get_mut(partition) {
-                h.committed = Some(position.clone());
+            Ok(true) => {
+                if let Some(h) = self.shared.held().get_mut(partition) {
+                    h.committed = Some(position.clone());
+                }
+                metrics::counter!("tidewater_kinesis_checkpoints_total").increment(1);
             }
-            metrics::counter!("tidewater_kinesis_checkpoints_total").increment(1);
-        } else {
-            lost(&self.shared, partition, "its checkpoint was refused");
+            Ok(false) => lost(&self.shared, partition, "its checkpoint was refused"),
+            // The table is unreachable: processing goes on and the next commit covers this
+            // one; if the worker dies first, its successor re-reads from the last stored one.
+            Err(e) => {
+                tracing::warn!(bus = BUS_LABEL, shard = partition, error = %e, "checkpoint not stored; the next one will cover it");
+                metrics::counter!("tidewater_kinesis_checkpoint_failures_total").increment(1);
+            }
         }
         self.finish_ended().await
     }
@@ -359,12 +375,10 @@ async fn take(shared: &Arc<Shared>, observations: &mut Observations) -> Result<(
     let leases = shared.leases.list().await?;
     let now = Instant::now();
     observations.observe(&leases, now);
-    let held: Vec<String> = shared.held().keys().cloned().collect();
-    // A lease the table says is ours but we do not hold (a previous run of this worker id
-    // cannot exist: ids are unique per process) is treated like any other.
+    let held: HashSet<String> = shared.held().keys().cloned().collect();
     let duration = shared.config.lease_duration;
-    let wanted = leases::plan(&leases, &shared.worker, |l| {
-        !held.contains(&l.shard) && observations.expired(l, now, duration)
+    let wanted = leases::plan(&leases, &shared.worker, &held, |l| {
+        observations.expired(l, now, duration)
     });
     for lease in wanted {
         if held.contains(&lease.shard) {

@@ -10,7 +10,7 @@
 //!
 //! [`plan`] (pure) decides which leases to take; [`LeaseStore`] does the I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
@@ -116,20 +116,26 @@ pub fn eligible(lease: &Lease, all: &BTreeMap<&str, &Lease>) -> bool {
 
 /// The leases `me` should try to take now: free or expired ones up to its fair share
 /// (eligible leases over live workers, rounded up), or else one stolen from the busiest worker
-/// when that worker holds more than its share.
-pub fn plan(leases: &[Lease], me: &str, expired: impl Fn(&Lease) -> bool) -> Vec<Lease> {
+/// when that worker holds more than its share. `held` is what `me` is reading now; a lease the
+/// table gives to `me` that it does not hold (its reader failed) is free to take again.
+pub fn plan(
+    leases: &[Lease],
+    me: &str,
+    held: &HashSet<String>,
+    expired: impl Fn(&Lease) -> bool,
+) -> Vec<Lease> {
     let all: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.shard.as_str(), l)).collect();
     let eligible: Vec<&Lease> = leases.iter().filter(|l| eligible(l, &all)).collect();
     if eligible.is_empty() {
         return Vec::new();
     }
+    let is_held = |l: &Lease| held.contains(&l.shard);
     let mut per_owner: BTreeMap<&str, usize> = BTreeMap::new();
-    per_owner.insert(me, 0);
+    per_owner.insert(me, eligible.iter().filter(|l| is_held(l)).count());
     for l in &eligible {
-        if let Some(owner) = l.owner.as_deref() {
-            if owner == me || !expired(l) {
-                *per_owner.entry(owner).or_default() += 1;
-            }
+        match l.owner.as_deref() {
+            Some(owner) if owner != me && !expired(l) => *per_owner.entry(owner).or_default() += 1,
+            _ => {}
         }
     }
     let target = eligible.len().div_ceil(per_owner.len());
@@ -139,7 +145,12 @@ pub fn plan(leases: &[Lease], me: &str, expired: impl Fn(&Lease) -> bool) -> Vec
     }
     let mut free: Vec<Lease> = eligible
         .iter()
-        .filter(|l| l.owner.as_deref() != Some(me) && (l.owner.is_none() || expired(l)))
+        .filter(|l| !is_held(l))
+        .filter(|l| match l.owner.as_deref() {
+            None => true,
+            Some(owner) if owner == me => true,
+            Some(_) => expired(l),
+        })
         .map(|l| (*l).clone())
         .collect();
     if !free.is_empty() {
@@ -438,6 +449,18 @@ mod tests {
         }
     }
 
+    fn none() -> HashSet<String> {
+        HashSet::new()
+    }
+
+    fn held(leases: &[Lease], me: &str) -> HashSet<String> {
+        leases
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some(me))
+            .map(|l| l.shard.clone())
+            .collect()
+    }
+
     fn ids(v: &[Lease]) -> Vec<&str> {
         v.iter().map(|l| l.shard.as_str()).collect()
     }
@@ -448,7 +471,7 @@ mod tests {
             .map(|i| lease(&format!("s{i}"), None, Checkpoint::TrimHorizon, &[]))
             .collect();
         assert_eq!(
-            ids(&plan(&leases, "a", |_| false)),
+            ids(&plan(&leases, "a", &none(), |_| false)),
             vec!["s0", "s1", "s2", "s3"]
         );
     }
@@ -458,21 +481,21 @@ mod tests {
         let leases: Vec<Lease> = (0..4)
             .map(|i| lease(&format!("s{i}"), Some("a"), Checkpoint::TrimHorizon, &[]))
             .collect();
-        assert_eq!(plan(&leases, "b", |_| false).len(), 1);
+        assert_eq!(plan(&leases, "b", &held(&leases, "b"), |_| false).len(), 1);
         let mut leases = leases;
         leases[3].owner = Some("b".into());
         assert_eq!(
-            plan(&leases, "b", |_| false).len(),
+            plan(&leases, "b", &held(&leases, "b"), |_| false).len(),
             1,
             "a still holds 3 > 2"
         );
         leases[2].owner = Some("b".into());
         assert!(
-            plan(&leases, "b", |_| false).is_empty(),
+            plan(&leases, "b", &held(&leases, "b"), |_| false).is_empty(),
             "2 and 2: balanced"
         );
         assert!(
-            plan(&leases, "a", |_| false).is_empty(),
+            plan(&leases, "a", &held(&leases, "a"), |_| false).is_empty(),
             "and a does not steal back"
         );
     }
@@ -484,8 +507,20 @@ mod tests {
             .collect();
         leases[0].owner = Some("b".into());
         leases[1].owner = Some("b".into());
-        let taken = plan(&leases, "b", |l| l.owner.as_deref() == Some("a"));
+        let taken = plan(&leases, "b", &held(&leases, "b"), |l| {
+            l.owner.as_deref() == Some("a")
+        });
         assert_eq!(ids(&taken), vec!["s2", "s3"]);
+    }
+
+    #[test]
+    fn a_lease_of_mine_whose_reader_stopped_is_taken_again() {
+        let leases = vec![
+            lease("s0", Some("a"), Checkpoint::TrimHorizon, &[]),
+            lease("s1", Some("a"), Checkpoint::TrimHorizon, &[]),
+        ];
+        let only_s0: HashSet<String> = ["s0".to_string()].into();
+        assert_eq!(ids(&plan(&leases, "a", &only_s0, |_| false)), vec!["s1"]);
     }
 
     #[test]
@@ -503,15 +538,15 @@ mod tests {
             lease("child-1", None, Checkpoint::TrimHorizon, &["parent"]),
             lease("child-2", None, Checkpoint::TrimHorizon, &["parent"]),
         ];
-        assert!(plan(&leases, "a", |_| false).is_empty());
+        assert!(plan(&leases, "a", &held(&leases, "a"), |_| false).is_empty());
         leases[0].checkpoint = Checkpoint::ShardEnd;
         assert_eq!(
-            ids(&plan(&leases, "a", |_| false)),
+            ids(&plan(&leases, "a", &held(&leases, "a"), |_| false)),
             vec!["child-1", "child-2"]
         );
         // A parent that aged out of the table does not hold its children back.
         let orphan = vec![lease("child", None, Checkpoint::TrimHorizon, &["gone"])];
-        assert_eq!(plan(&orphan, "a", |_| false).len(), 1);
+        assert_eq!(plan(&orphan, "a", &none(), |_| false).len(), 1);
         // A merged child waits for both parents.
         let merge = vec![
             lease("p1", None, Checkpoint::ShardEnd, &[]),
@@ -519,7 +554,7 @@ mod tests {
             lease("m", None, Checkpoint::TrimHorizon, &["p1", "p2"]),
         ];
         assert!(
-            plan(&merge, "a", |_| false).is_empty(),
+            plan(&merge, "a", &none(), |_| false).is_empty(),
             "p2 is b's and m must wait for it"
         );
     }

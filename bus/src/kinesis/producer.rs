@@ -30,7 +30,7 @@ use super::config::{limits, KinesisConfig};
 use super::error::{error_code, is_throttle};
 use super::shards::{list_shards, ShardMap};
 use super::spool::Spool;
-use crate::{Ack, BusError, PartitionKey, Position, Producer};
+use crate::{partition_for_hash, Ack, BusError, PartitionKey, Position, Producer};
 
 const BUS_LABEL: &str = "kinesis";
 
@@ -65,7 +65,9 @@ pub struct KinesisProducer {
     putter: Arc<Putter>,
     queue: mpsc::UnboundedSender<Pending>,
     spool: Arc<Spool>,
-    partitions: u32,
+    /// The middle of each open shard's hash range when the producer started, in hash order:
+    /// lane `i` publishes there, so each lane is exactly one shard however the ranges are cut.
+    lane_hash_keys: Vec<u128>,
 }
 
 impl KinesisProducer {
@@ -80,7 +82,8 @@ impl KinesisProducer {
                 config.stream
             )));
         }
-        let partitions = map.len() as u32;
+        let lane_hash_keys = map.middles();
+        let partitions = lane_hash_keys.len() as u32;
         let putter = Arc::new(Putter {
             client,
             stream: config.stream.clone(),
@@ -96,7 +99,7 @@ impl KinesisProducer {
             putter,
             queue,
             spool,
-            partitions,
+            lane_hash_keys,
         })
     }
 
@@ -107,11 +110,9 @@ impl KinesisProducer {
 
 #[async_trait]
 impl Producer for KinesisProducer {
-    /// The open shards when the producer started: lanes key their batches at the middle of
-    /// each shard's share of the hash space, which is the shard itself for a stream whose
-    /// shards split the space evenly (as CreateStream and UpdateShardCount make them).
+    /// The open shards when the producer started: one lane per shard.
     fn partitions(&self) -> u32 {
-        self.partitions
+        self.lane_hash_keys.len() as u32
     }
 
     fn max_record_size(&self) -> Option<usize> {
@@ -123,6 +124,14 @@ impl Producer for KinesisProducer {
         if records.is_empty() {
             return Err(BusError::Config("publish of no records".into()));
         }
+        // The key's partition (of `partitions()` equal ranges, as the collector splits data)
+        // is sent to the middle of that shard's actual range, so uneven shards still get one
+        // lane each, and a trace stays on one shard.
+        let lane = partition_for_hash(key.hash, self.partitions());
+        let key = &PartitionKey {
+            key: key.key.clone(),
+            hash: self.lane_hash_keys[lane as usize],
+        };
         if self.spool.is_active() {
             // Behind what is already spooled, so the stream gets it in order once it recovers.
             return self.spool.append(key, records).await;

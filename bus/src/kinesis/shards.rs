@@ -84,6 +84,14 @@ impl ShardMap {
         self.open.is_empty()
     }
 
+    /// The middle of each open shard's range, in hash order.
+    pub fn middles(&self) -> Vec<u128> {
+        self.open
+            .iter()
+            .map(|s| s.start_hash + (s.end_hash - s.start_hash) / 2)
+            .collect()
+    }
+
     /// The open shard whose range holds `hash`.
     pub fn shard_for(&self, hash: u128) -> Option<&str> {
         let i = self.open.partition_point(|s| s.start_hash <= hash);
@@ -120,5 +128,8 @@ mod tests {
         assert_eq!(map.shard_for(half + 1), Some("hi"));
         assert_eq!(map.shard_for(u128::MAX), Some("hi"));
         assert_eq!(ShardMap::default().shard_for(5), None);
+        let middles = map.middles();
+        assert_eq!(map.shard_for(middles[0]), Some("lo"));
+        assert_eq!(map.shard_for(middles[1]), Some("hi"));
     }
 }
