@@ -99,3 +99,73 @@ fn otel_sdk_through_kinesis_reaches_the_file_sink() {
         assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
     }
 }
+
+/// A batch larger than a Kinesis record is split into several records that keep the lane's
+/// key; each stays within the configured record limit and every span arrives.
+#[test]
+fn a_batch_over_the_record_limit_travels_as_several_records_under_one_key() {
+    let peers = Peers::start();
+    peers.create_stream("big", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = peers.env("big", "big-leases");
+    env.push((
+        "TIDEWATER_BUS__KINESIS__MAX_RECORD_SIZE".into(),
+        "16KiB".into(),
+    ));
+    let tw = Tidewater::up(dir.path(), &env);
+    // Incompressible attributes, so the compressed batch is well over the 16 KiB limit.
+    let mut request = otlp_traces(7, 200, 5);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for span in request
+        .resource_spans
+        .iter_mut()
+        .flat_map(|r| &mut r.scope_spans)
+        .flat_map(|s| &mut s.spans)
+    {
+        let noise: String = (0..48)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        span.attributes
+            .push(opentelemetry_proto::tonic::common::v1::KeyValue {
+                key: "noise".into(),
+                value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                    value: Some(
+                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                            noise,
+                        ),
+                    ),
+                }),
+                ..Default::default()
+            });
+    }
+    let resp = post_protobuf(
+        &tw.http_url("/v1/traces"),
+        prost::Message::encode_to_vec(&request),
+    );
+    assert_eq!(resp.status(), 200);
+    let seen = wait_for(Duration::from_secs(30), || {
+        let seen = span_id_counts(&tw);
+        (seen.len() >= 1000).then_some(seen)
+    })
+    .unwrap_or_else(|| panic!("spans missing:\n{}", tw.log()));
+    assert_eq!(seen.len(), 1000);
+
+    let stored = peers.stored("big");
+    for s in &stored {
+        assert!(
+            s.data.len() + s.partition_key.len() <= 16 * 1024,
+            "record of {} bytes",
+            s.data.len()
+        );
+    }
+    let traces = &envelopes(&stored)[&(Signal::Traces as i32)];
+    assert!(traces.len() > 1, "split into {} envelopes", traces.len());
+    assert_eq!(traces.iter().map(|e| e.item_count).sum::<u32>(), 1000);
+    let keys: HashSet<&str> = stored.iter().map(|s| s.partition_key.as_str()).collect();
+    assert_eq!(keys.len(), 1, "one key: {keys:?}");
+}

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::peers;
 use kinesis_support::proxy::Proxy;
 use kinesis_support::*;
+use tidewater_bus::kinesis::config::SpoolFullPolicy;
 use tidewater_bus::kinesis::{KinesisConfig, KinesisProducer};
 use tidewater_bus::{PartitionKey, Producer};
 
@@ -212,4 +213,65 @@ fn a_30_second_outage_is_spooled_to_disk_and_drained() {
         sent.len(),
         seen.values().filter(|n| **n > 1).count()
     );
+}
+
+/// With the stream unreachable, the spool takes what it can hold; beyond its bound the default
+/// policy refuses (the client keeps its data and retries), and "drop" acknowledges and counts.
+#[test]
+fn a_full_spool_pushes_back_by_default_or_drops_when_told() {
+    let kinesis = peers::kinesalite();
+    let proxy = Proxy::start(&kinesis.endpoint());
+    let direct = kinesis_client(&kinesis.endpoint());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        direct
+            .create_stream()
+            .stream_name("full")
+            .shard_count(1)
+            .send()
+            .await
+            .unwrap();
+        wait_active(&direct, "full").await;
+    });
+    for policy in [SpoolFullPolicy::PushBack, SpoolFullPolicy::Drop] {
+        proxy.set_down(false);
+        let spool = tempfile::tempdir().unwrap();
+        let mut config = KinesisConfig {
+            stream: "full".into(),
+            ..Default::default()
+        };
+        config.spool.dir = spool.path().to_path_buf();
+        config.spool.max_size = bytesize::ByteSize::kib(64);
+        config.spool.full_policy = policy;
+        config.spool_after = Duration::from_millis(300);
+        config.retry_initial = Duration::from_millis(50);
+        config.retry_max = Duration::from_millis(100);
+        let key = PartitionKey::for_partition(0, 1);
+        let outcomes: Vec<bool> = rt.block_on(async {
+            let producer = KinesisProducer::start(kinesis_client(&proxy.endpoint()), config)
+                .await
+                .unwrap();
+            proxy.set_down(true);
+            let mut outcomes = Vec::new();
+            for i in 0..12 {
+                let record = Bytes::from(vec![i as u8; 10 * 1024]);
+                outcomes.push(producer.publish(&key, vec![record]).await.is_ok());
+            }
+            outcomes
+        });
+        let accepted = outcomes.iter().filter(|ok| **ok).count();
+        match policy {
+            SpoolFullPolicy::PushBack => {
+                assert!(
+                    (4..12).contains(&accepted),
+                    "some spooled, the rest refused: {outcomes:?}"
+                );
+                assert!(
+                    outcomes[..accepted].iter().all(|ok| *ok),
+                    "refusals start once full: {outcomes:?}"
+                );
+            }
+            SpoolFullPolicy::Drop => assert_eq!(accepted, 12, "all acknowledged: {outcomes:?}"),
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod partition;
 pub mod pipeline;
 pub mod receiver;
+pub mod split;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::partition::{Part, Payload};
+use crate::split::BusBatch;
 
 /// The signals the collector batches, in lane order.
 pub const SIGNALS: [Signal; 4] = [
@@ -266,15 +267,7 @@ impl Lane {
             items,
             bytes,
         } = batch;
-        let chunks = chunk_parts(parts, self.producer.max_record_size());
-        let result = match chunks
-            .into_iter()
-            .map(|(parts, items)| {
-                self.envelope(parts, items)
-                    .map(|e| Bytes::from(e.encode_to_vec()))
-            })
-            .collect::<Result<Vec<Bytes>, String>>()
-        {
+        let result = match self.records(parts, items) {
             Ok(records) => {
                 let size: usize = records.iter().map(Bytes::len).sum();
                 match self.producer.publish(&self.key, records).await {
@@ -306,8 +299,48 @@ impl Lane {
         }
     }
 
-    fn envelope(&self, parts: Vec<Part>, items: usize) -> Result<Envelope, String> {
-        let (encoding, payload) = encode(self.signal, parts);
+    /// The batch as bus records: one envelope, or several under the same key when the bus
+    /// has a record limit the batch does not fit in (split by size before compression, then
+    /// halved until each compressed envelope fits).
+    fn records(&self, parts: Vec<Part>, items: usize) -> Result<Vec<Bytes>, String> {
+        let Some(limit) = self.producer.max_record_size() else {
+            let envelope = self.envelope(&bus_batch(self.signal, parts), items)?;
+            return Ok(vec![Bytes::from(envelope.encode_to_vec())]);
+        };
+        // The partition key counts against the record limit too.
+        let room = limit.saturating_sub(self.key.key.len());
+        let mut records = Vec::new();
+        for (chunk, items) in chunk_parts(parts, Some(room)) {
+            // A stack, so halves go out in order.
+            let mut todo = vec![(bus_batch(self.signal, chunk), items)];
+            while let Some((batch, items)) = todo.pop() {
+                let record = self.envelope(&batch, items)?.encode_to_vec();
+                if record.len() <= room {
+                    records.push(Bytes::from(record));
+                    continue;
+                }
+                let size = record.len();
+                match batch.split() {
+                    Ok((first, second)) => {
+                        let (a, b) = (first.items(), second.items());
+                        todo.push((second, b));
+                        todo.push((first, a));
+                    }
+                    Err(_) => {
+                        metrics::counter!("tidewater_collector_oversized_items_total", "signal" => self.signal.label()).increment(1);
+                        return Err(format!(
+                            "a single {} item encodes to {size} bytes, over the bus's record limit of {limit} bytes",
+                            self.signal.label()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    fn envelope(&self, batch: &BusBatch, items: usize) -> Result<Envelope, String> {
+        let (encoding, payload) = (batch.encoding(), batch.encode_to_vec());
         let uncompressed_size = payload.len() as u64;
         let compressed =
             zstd::bulk::compress(&payload, self.zstd_level).map_err(|e| format!("zstd: {e}"))?;
@@ -378,56 +411,46 @@ async fn next(
 
 /// Concatenates the parts of one signal into the request message that travels on the bus.
 pub fn encode(signal: Signal, parts: Vec<Part>) -> (Encoding, Vec<u8>) {
+    let batch = bus_batch(signal, parts);
+    (batch.encoding(), batch.encode_to_vec())
+}
+
+/// The parts of one signal as one request message.
+pub fn bus_batch(signal: Signal, parts: Vec<Part>) -> BusBatch {
     let payloads = parts.into_iter().map(|p| p.payload);
     match signal {
-        Signal::Traces => {
-            let resource_spans = payloads
+        Signal::Traces => BusBatch::Traces(ExportTraceServiceRequest {
+            resource_spans: payloads
                 .flat_map(|p| match p {
                     Payload::Traces(v) => v,
                     _ => Vec::new(),
                 })
-                .collect();
-            (
-                Encoding::OtlpProto,
-                ExportTraceServiceRequest { resource_spans }.encode_to_vec(),
-            )
-        }
-        Signal::Metrics => {
-            let resource_metrics = payloads
+                .collect(),
+        }),
+        Signal::Metrics => BusBatch::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: payloads
                 .flat_map(|p| match p {
                     Payload::Metrics(v) => v,
                     _ => Vec::new(),
                 })
-                .collect();
-            (
-                Encoding::OtlpProto,
-                ExportMetricsServiceRequest { resource_metrics }.encode_to_vec(),
-            )
-        }
-        Signal::Logs => {
-            let resource_logs = payloads
+                .collect(),
+        }),
+        Signal::Logs => BusBatch::Logs(ExportLogsServiceRequest {
+            resource_logs: payloads
                 .flat_map(|p| match p {
                     Payload::Logs(v) => v,
                     _ => Vec::new(),
                 })
-                .collect();
-            (
-                Encoding::OtlpProto,
-                ExportLogsServiceRequest { resource_logs }.encode_to_vec(),
-            )
-        }
-        Signal::Events => {
-            let events = payloads
+                .collect(),
+        }),
+        Signal::Events => BusBatch::Events(PublishRequest {
+            events: payloads
                 .flat_map(|p| match p {
                     Payload::Events(v) => v,
                     _ => Vec::new(),
                 })
-                .collect();
-            (
-                Encoding::EventsProto,
-                PublishRequest { events }.encode_to_vec(),
-            )
-        }
+                .collect(),
+        }),
         Signal::XraySegments | Signal::Unspecified => unreachable!("not batched by lanes"),
     }
 }
