@@ -14,8 +14,8 @@ use common::peers;
 use kinesis_support::proxy::Proxy;
 use kinesis_support::*;
 use tidewater_bus::kinesis::config::SpoolFullPolicy;
-use tidewater_bus::kinesis::{KinesisConfig, KinesisProducer};
-use tidewater_bus::{PartitionKey, Producer};
+use tidewater_bus::kinesis::{KinesisConfig, KinesisConsumer, KinesisProducer};
+use tidewater_bus::{Consumer, PartitionKey, Producer};
 
 #[test]
 fn only_the_records_that_failed_are_sent_again() {
@@ -274,4 +274,97 @@ fn a_full_spool_pushes_back_by_default_or_drops_when_told() {
             SpoolFullPolicy::Drop => assert_eq!(accepted, 12, "all acknowledged: {outcomes:?}"),
         }
     }
+}
+
+/// GetRecords answers with expired iterators and throttling mid-shard: the reader renews its
+/// iterator right after the last record it read and backs off, so nothing is skipped or read
+/// twice.
+#[test]
+fn expired_iterators_and_throttling_neither_skip_nor_repeat_records() {
+    let kinesis = peers::kinesalite();
+    let dynamodb = peers::moto();
+    let proxy = Proxy::start(&kinesis.endpoint());
+    let direct = kinesis_client(&kinesis.endpoint());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = KinesisConfig {
+        stream: "iter".into(),
+        lease_table: "iter-leases".into(),
+        ..Default::default()
+    };
+    config.spool.dir = spool.path().to_path_buf();
+    config.max_records_per_get = 5;
+    config.idle_poll_interval = Duration::from_millis(200);
+    config.retry_initial = Duration::from_millis(50);
+    let want: Vec<String> = (0..100).map(|i| format!("r{i:03}")).collect();
+    rt.block_on(async {
+        direct
+            .create_stream()
+            .stream_name("iter")
+            .shard_count(1)
+            .send()
+            .await
+            .unwrap();
+        wait_active(&direct, "iter").await;
+        for w in &want {
+            direct
+                .put_record()
+                .stream_name("iter")
+                .partition_key("k")
+                .data(aws_sdk_kinesis::primitives::Blob::new(
+                    w.as_bytes().to_vec(),
+                ))
+                .send()
+                .await
+                .unwrap();
+        }
+        let mut consumer = KinesisConsumer::start(
+            kinesis_client(&proxy.endpoint()),
+            dynamodb_client(&dynamodb.endpoint()),
+            config,
+            "w".into(),
+        )
+        .await
+        .unwrap();
+        let mut got: Vec<String> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut injected = false;
+        while got.len() < want.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stuck at {} records",
+                got.len()
+            );
+            let records = consumer.poll(3, Duration::from_millis(300)).await.unwrap();
+            got.extend(
+                records
+                    .iter()
+                    .map(|r| String::from_utf8(r.payload.to_vec()).unwrap()),
+            );
+            if !got.is_empty() && !injected {
+                injected = true;
+                proxy.fail_calls(
+                    "GetRecords",
+                    &[
+                        "ExpiredIteratorException",
+                        "ProvisionedThroughputExceededException",
+                        "ExpiredIteratorException",
+                    ],
+                );
+            }
+        }
+        // 5 records a call, 5 calls a second: the shard takes 4 s to read, and the errors
+        // were injected within its first second, so they came mid-shard.
+        assert_eq!(proxy.pending_errors(), 0, "every injected error was served");
+        assert_eq!(got, want);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            consumer
+                .poll(10, Duration::from_millis(300))
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing read twice"
+        );
+    });
 }

@@ -29,6 +29,8 @@ struct State {
     fail: Mutex<Option<Box<Fault>>>,
     /// Per PutRecords call: the base64 data of each record forwarded, and of each failed.
     log: Mutex<Vec<(Vec<String>, Vec<String>)>>,
+    /// Errors to answer, in turn, to calls of an operation (by X-Amz-Target suffix).
+    errors: Mutex<Vec<(String, String)>>,
 }
 
 impl Proxy {
@@ -41,6 +43,7 @@ impl Proxy {
             put_calls: AtomicUsize::new(0),
             fail: Mutex::new(None),
             log: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
         });
         let s = state.clone();
         std::thread::spawn(move || {
@@ -62,6 +65,22 @@ impl Proxy {
 
     pub fn fail_records(&self, fail: impl Fn(usize, usize) -> bool + Send + Sync + 'static) {
         *self.state.fail.lock().unwrap() = Some(Box::new(fail));
+    }
+
+    /// The next calls of `operation` (e.g. "GetRecords") are answered with these error types
+    /// (HTTP 400, as the service does), one per call, before calls go through again.
+    pub fn fail_calls(&self, operation: &str, errors: &[&str]) {
+        let mut queue = self.state.errors.lock().unwrap();
+        queue.extend(
+            errors
+                .iter()
+                .map(|e| (operation.to_string(), e.to_string())),
+        );
+    }
+
+    /// Injected errors not yet served.
+    pub fn pending_errors(&self) -> usize {
+        self.state.errors.lock().unwrap().len()
     }
 
     /// (forwarded, failed) record data per PutRecords call.
@@ -111,7 +130,22 @@ fn serve(conn: TcpStream, state: &State) {
             .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"))
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        let (status, content_type, response) = if target.ends_with(".PutRecords") {
+        let injected = {
+            let mut queue = state.errors.lock().unwrap();
+            let operation = target.rsplit('.').next().unwrap_or_default().to_string();
+            queue
+                .iter()
+                .position(|(op, _)| *op == operation)
+                .map(|i| queue.remove(i).1)
+        };
+        let (status, content_type, response) = if let Some(error) = injected {
+            let body = json!({"__type": error, "message": "injected by the test proxy"});
+            (
+                400,
+                "application/x-amz-json-1.1".to_string(),
+                serde_json::to_vec(&body).unwrap(),
+            )
+        } else if target.ends_with(".PutRecords") {
             put_records(state, &http, &headers, &body)
         } else {
             forward(state, &http, &headers, body)

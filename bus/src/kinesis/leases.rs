@@ -5,7 +5,7 @@
 //! One item per shard, keyed by `leaseKey` (the shard id): `leaseOwner`, `leaseCounter`
 //! (bumped by every renewal, so others can tell a live owner from a dead one), `checkpoint`
 //! (`TRIM_HORIZON`, `SHARD_END`, or a sequence number) with `checkpointSubSequenceNumber`, and
-//! `parentShardIds`. Every change of ownership is a conditional write on the counter, so two
+//! `parentShardId`. Every change of ownership is a conditional write on the counter, so two
 //! workers never both believe they own a shard; a checkpoint is conditional on the owner.
 //!
 //! [`plan`] (pure) decides which leases to take; [`LeaseStore`] does the I/O.
@@ -29,7 +29,7 @@ const OWNER: &str = "leaseOwner";
 const COUNTER: &str = "leaseCounter";
 const CHECKPOINT: &str = "checkpoint";
 const SUB: &str = "checkpointSubSequenceNumber";
-const PARENTS: &str = "parentShardIds";
+const PARENTS: &str = "parentShardId";
 const SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
 
 const TRIM_HORIZON: &str = "TRIM_HORIZON";
