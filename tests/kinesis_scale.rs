@@ -1,6 +1,6 @@
 //! Kinesis consumers that scale out and follow resharding, against kinesalite (stream) and
 //! moto (lease table): two processor workers share a 4-shard stream and one is killed
-//! mid-stream; a stream is split while it is being consumed.
+//! mid-stream; a stream is split, and the split merged back, while it is being consumed.
 
 mod common;
 mod kinesis_support;
@@ -128,7 +128,7 @@ fn a_killed_worker_s_shards_are_resumed_by_the_other_from_checkpoints() {
 }
 
 #[test]
-fn a_split_during_consumption_is_followed_parents_first_in_order() {
+fn a_split_and_a_merge_during_consumption_are_followed_parents_first_in_order() {
     let peers = Peers::start();
     peers.create_stream("split", 2);
     let dir = tempfile::tempdir().unwrap();
@@ -158,6 +158,35 @@ fn a_split_during_consumption_is_followed_parents_first_in_order() {
                     .stream_name("split")
                     .shard_to_split(first.shard_id())
                     .new_starting_hash_key((start + (end - start) / 3).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                wait_active(&peers.client, "split").await;
+            });
+        }
+        if k == 40 {
+            // Merge the split's two children back: a child with two parents.
+            peers.rt.block_on(async {
+                let shards = peers
+                    .client
+                    .list_shards()
+                    .stream_name("split")
+                    .send()
+                    .await
+                    .unwrap();
+                let children: Vec<&str> = shards
+                    .shards()
+                    .iter()
+                    .filter(|s| s.parent_shard_id().is_some())
+                    .map(|s| s.shard_id())
+                    .collect();
+                assert_eq!(children.len(), 2, "{children:?}");
+                peers
+                    .client
+                    .merge_shards()
+                    .stream_name("split")
+                    .shard_to_merge(children[0])
+                    .adjacent_shard_to_merge(children[1])
                     .send()
                     .await
                     .unwrap();
@@ -199,16 +228,40 @@ fn a_split_during_consumption_is_followed_parents_first_in_order() {
     for n in last.values() {
         assert_eq!(*n, rounds as i64 - 1);
     }
-    // The parent was read to its end and its children taken after it.
+    // Every child was taken only after each of its parents was read to its end.
     let log = tw.log();
-    let ended = log
-        .find("shard read to its end")
-        .unwrap_or_else(|| panic!("parent never ended:\n{log}"));
-    let child_taken = log.rfind("shard lease taken").unwrap();
-    assert!(
-        child_taken > ended,
-        "a child was taken after its parent ended"
-    );
+    let line_of = |what: &str, shard: &str| {
+        log.lines()
+            .position(|l| l.contains(what) && l.contains(shard))
+            .unwrap_or_else(|| panic!("no {what:?} for {shard}:\n{log}"))
+    };
+    let listed = peers.rt.block_on(async {
+        peers
+            .client
+            .list_shards()
+            .stream_name("split")
+            .send()
+            .await
+            .unwrap()
+    });
+    for child in listed
+        .shards()
+        .iter()
+        .filter(|s| s.parent_shard_id().is_some())
+    {
+        let taken = line_of("shard lease taken", child.shard_id());
+        for parent in child
+            .parent_shard_id()
+            .into_iter()
+            .chain(child.adjacent_parent_shard_id())
+        {
+            assert!(
+                line_of("shard read to its end", parent) < taken,
+                "{} taken before its parent {parent} ended",
+                child.shard_id()
+            );
+        }
+    }
     let shards = peers.rt.block_on(async {
         peers
             .client
@@ -220,10 +273,10 @@ fn a_split_during_consumption_is_followed_parents_first_in_order() {
     });
     assert_eq!(
         shards.shards().len(),
-        4,
-        "the parent, its two children and the untouched shard"
+        5,
+        "the parent, its two children, their merged child and the untouched shard"
     );
-    assert!(gauge(&tw.metrics(), "tidewater_kinesis_shards_ended_total").unwrap_or(0.0) >= 1.0);
+    assert!(gauge(&tw.metrics(), "tidewater_kinesis_shards_ended_total").unwrap_or(0.0) >= 3.0);
 }
 
 fn hex(b: &[u8]) -> String {
