@@ -282,3 +282,36 @@ fn a_split_and_a_merge_during_consumption_are_followed_parents_first_in_order() 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A worker stopped gracefully (SIGTERM) releases its leases as it goes, so the other takes
+/// its shards at once instead of after they expire.
+#[test]
+fn a_stopped_worker_releases_its_leases_at_once() {
+    let peers = Peers::start();
+    peers.create_stream("release", 4);
+    let mut env = collector_env(&peers, "release", "release-leases", &[]);
+    env.retain(|(k, _)| k != "TIDEWATER_BUS__KINESIS__LEASE_DURATION");
+    env.push((
+        "TIDEWATER_BUS__KINESIS__LEASE_DURATION".into(),
+        "15s".into(),
+    ));
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Tidewater::run("processor", dirs[0].path(), &env);
+    let held =
+        |tw: &Tidewater| gauge(&tw.metrics(), "tidewater_kinesis_leases_held").unwrap_or(0.0);
+    wait_for(Duration::from_secs(30), || (held(&a) == 4.0).then_some(()))
+        .expect("a holds every shard");
+    let b = Tidewater::run("processor", dirs[1].path(), &env);
+    wait_for(Duration::from_secs(60), || (held(&b) == 2.0).then_some(()))
+        .expect("b steals its share");
+
+    let stopped = Instant::now();
+    a.stop();
+    assert!(a.log().contains("shard lease released"), "{}", a.log());
+    wait_for(Duration::from_secs(12), || (held(&b) == 4.0).then_some(()))
+        .unwrap_or_else(|| panic!("b did not take a's released shards:\n{}", b.log()));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(12),
+        "before the 15s leases would expire"
+    );
+}

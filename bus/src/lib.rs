@@ -100,4 +100,11 @@ pub trait Consumer: Send + 'static {
     /// Every record of `partition` up to and including `position` has been handled: after a
     /// restart, reading resumes after it.
     async fn commit(&mut self, partition: &str, position: &Position) -> Result<(), BusError>;
+
+    /// Stops reading and lets go of what this consumer holds (Kinesis shard leases), so other
+    /// consumers of the group take over now rather than once it would have expired. Called
+    /// after the last commit; nothing is read after it.
+    async fn close(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
 }

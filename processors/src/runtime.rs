@@ -55,6 +55,10 @@ impl Processor {
                 break;
             }
         }
+        // Hands what this processor held back at once (leases) instead of after it expires.
+        if let Err(e) = self.consumer.close().await {
+            tracing::warn!(error = %e, "bus consumer did not close cleanly");
+        }
         tracing::info!("processor stopped");
         Ok(())
     }

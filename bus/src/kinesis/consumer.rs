@@ -285,6 +285,35 @@ impl Consumer for KinesisConsumer {
         }
         self.finish_ended().await
     }
+
+    async fn close(&mut self) -> Result<(), BusError> {
+        // The coordinator stops first so it neither renews nor takes anything meanwhile.
+        self.shared.stop.cancel();
+        let shards: Vec<String> = self
+            .shared
+            .held()
+            .drain()
+            .map(|(shard, h)| {
+                h.stop.cancel();
+                shard
+            })
+            .collect();
+        self.buffer.clear();
+        for shard in shards {
+            match self
+                .shared
+                .leases
+                .release(&shard, &self.shared.worker)
+                .await
+            {
+                Ok(_) => tracing::info!(bus = BUS_LABEL, shard, "shard lease released"),
+                Err(e) => {
+                    tracing::warn!(bus = BUS_LABEL, shard, error = %e, "cannot release shard lease; it will expire")
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn lost(shared: &Shared, shard: &str, why: &str) {

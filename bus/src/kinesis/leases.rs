@@ -381,6 +381,23 @@ impl LeaseStore {
         )
     }
 
+    /// Gives up a lease `me` holds, keeping its checkpoint: another worker can take it at once.
+    pub async fn release(&self, shard: &str, me: &str) -> Result<bool, BusError> {
+        self.conditional(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key(KEY, s(shard))
+                .update_expression("REMOVE #o")
+                .condition_expression("#o = :me")
+                .expression_attribute_names("#o", OWNER)
+                .expression_attribute_values(":me", s(me))
+                .send()
+                .await,
+            "UpdateItem (release lease)",
+        )
+    }
+
     fn conditional<T, E>(
         &self,
         result: Result<
