@@ -79,6 +79,10 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
             c.grpc_addr, c.http_addr
         ));
         lines.push(format!(
+            "  X-Ray daemon protocol (UDP) on {}",
+            c.xray_udp_addr
+        ));
+        lines.push(format!(
             "  batches of up to {} items / {} / {:?}, memory limit {}, max request {}",
             c.batch.max_items,
             c.batch.max_size,

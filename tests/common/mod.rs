@@ -18,11 +18,21 @@ pub struct Tidewater {
     pub grpc: u16,
     pub http: u16,
     pub admin: u16,
+    /// The X-Ray daemon protocol's UDP port.
+    pub xray_udp: u16,
     env: Vec<(String, String)>,
 }
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -38,6 +48,7 @@ impl Tidewater {
             grpc: free_port(),
             http: free_port(),
             admin: free_port(),
+            xray_udp: free_udp_port(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
@@ -66,6 +77,10 @@ impl Tidewater {
                 format!("127.0.0.1:{}", self.http),
             )
             .env("TIDEWATER_ADMIN__ADDR", format!("127.0.0.1:{}", self.admin))
+            .env(
+                "TIDEWATER_COLLECTOR__XRAY_UDP_ADDR",
+                format!("127.0.0.1:{}", self.xray_udp),
+            )
             .env("TIDEWATER_COLLECTOR__BATCH__TIMEOUT", "50ms")
             .env("TIDEWATER_PROCESSOR__POLL_WAIT", "100ms")
             .stdout(Stdio::null())
