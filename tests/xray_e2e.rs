@@ -6,8 +6,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,32 +16,12 @@ use prost::Message;
 use serde_json::{json, Value};
 use tidewater_processors::xray::xray_trace_id;
 
-/// Runs a script from `tests/clients` with the venv's Python; its last stdout line is JSON.
-fn run_script(script: &str, args: &[&str]) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/clients")
-        .join(script);
-    let out = Command::new(python())
-        .arg(path)
-        .args(args)
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON summary")
-}
-
 /// `BatchGetTraces` on moto (boto3), each segment's document parsed.
 fn batch_get_traces(moto: &Peer, ids: &[&str]) -> Value {
     let endpoint = moto.endpoint();
     let mut args = vec!["--endpoint", &endpoint, "batch-get-traces"];
     args.extend_from_slice(ids);
-    run_script("xray_query.py", &args)
+    run_client("xray_query.py", &args)
 }
 
 /// Segment documents moto holds for `trace_id`, by segment id, once there are `at_least`.
@@ -117,7 +95,7 @@ fn otel_sdk_trace_reaches_xray_as_segment_and_subsegments() {
     ));
     let tw = Tidewater::up(dir.path(), &env);
 
-    let sent = run_script("xray_web_app.py", &["--endpoint", &tw.grpc_url()]);
+    let sent = run_client("xray_web_app.py", &["--endpoint", &tw.grpc_url()]);
     assert_eq!(sent["export_failures"], json!([]), "{sent}");
     let otel_trace_id = sent["trace_id"].as_str().unwrap();
     let (server_id, db_id, http_id) = (
@@ -224,7 +202,7 @@ fn otel_sdk_trace_reaches_xray_as_segment_and_subsegments() {
         (unix_now() - 600).to_string(),
         (unix_now() + 600).to_string(),
     );
-    let summaries = run_script(
+    let summaries = run_client(
         "xray_query.py",
         &[
             "--endpoint",
@@ -263,7 +241,7 @@ fn xray_sdk_segments_over_udp_reach_xray_intact() {
         .unwrap();
 
     let daemon = format!("127.0.0.1:{}", tw.xray_udp);
-    let sent = run_script("xray_sdk_app.py", &["--daemon", &daemon]);
+    let sent = run_client("xray_sdk_app.py", &["--daemon", &daemon]);
     let trace_id = sent["trace_id"].as_str().unwrap();
     let sent_docs: HashMap<String, Value> = sent["sent"]
         .as_array()

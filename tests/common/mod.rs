@@ -234,22 +234,31 @@ pub fn python() -> PathBuf {
 
 /// Runs the OpenTelemetry SDK app and returns what it reports having sent.
 pub fn run_otel_app(protocol: &str, endpoint: &str, args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/otel_app.py");
+    let mut all = vec!["--protocol", protocol, "--endpoint", endpoint];
+    all.extend_from_slice(args);
+    run_client("otel_app.py", &all)
+}
+
+/// Runs a script of `tests/clients/` with the venv's Python and returns the JSON summary it
+/// prints last.
+pub fn run_client(script: &str, args: &[&str]) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
     let out = Command::new(python())
-        .arg(script)
-        .args(["--protocol", protocol, "--endpoint", endpoint])
+        .arg(path)
         .args(args)
         .output()
-        .expect("run otel_app.py");
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "otel_app.py failed ({}):\nstdout: {stdout}\nstderr: {}",
+        "{script} failed ({}):\nstdout: {stdout}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .expect("otel_app.py prints a JSON summary")
+        .unwrap_or_else(|e| panic!("{script} prints a JSON summary last: {e}"))
 }
 
 /// Every span in the OTLP/JSON batches the file sink wrote, with its resource attached.
