@@ -7,11 +7,13 @@
 //! `concurrency` calls at a time. Within a call only what X-Ray reports in
 //! `UnprocessedTraceSegments` is sent again, with backoff and jitter ([`retry`]);
 //! documents refused for good go to the dead-letter file with X-Ray's code and message
-//! ([`dead_letter`]). A call that keeps failing as a whole fails the delivery, so the
-//! processor retries the round and never checkpoints past it.
+//! ([`dead_letter`]), as do spans the translator found no X-Ray form for ([`dropped`]).
+//! A call that keeps failing as a whole fails the delivery, so the processor retries the
+//! round and never checkpoints past it.
 
 mod config;
 mod dead_letter;
+mod dropped;
 pub mod request;
 pub mod retry;
 pub mod service;
@@ -71,19 +73,28 @@ impl XraySink {
     }
 }
 
-/// The documents a round becomes: translated spans and SDK documents as they came.
-pub fn documents(
-    batches: &[Arc<Batch>],
-    config: &XrayConfig,
-    now: SystemTime,
-) -> (Vec<Doc>, TranslationStats, usize) {
+/// What a round becomes.
+pub struct Documents {
+    /// Translated spans, and SDK documents as they came.
+    pub docs: Vec<Doc>,
+    pub stats: TranslationStats,
+    pub from_sdk: usize,
+    /// Spans with no X-Ray form, for the dead-letter file.
+    pub unplaceable: Vec<Rejection>,
+}
+
+pub fn documents(batches: &[Arc<Batch>], config: &XrayConfig, now: SystemTime) -> Documents {
     let mut docs = Vec::new();
     let mut stats = TranslationStats::default();
     let mut from_sdk = 0;
+    let mut unplaceable = Vec::new();
     for batch in batches {
         match &batch.data {
             SignalData::Traces(request) => {
                 let t = translate(request, config, now);
+                if t.stats.dropped_spans > 0 {
+                    unplaceable.extend(dropped::unplaceable(request, now));
+                }
                 add_stats(&mut stats, &t.stats);
                 docs.extend(t.documents.into_iter().map(Doc::new));
             }
@@ -94,7 +105,12 @@ pub fn documents(
             _ => {}
         }
     }
-    (docs, stats, from_sdk)
+    Documents {
+        docs,
+        stats,
+        from_sdk,
+        unplaceable,
+    }
 }
 
 fn add_stats(total: &mut TranslationStats, s: &TranslationStats) {
@@ -130,12 +146,6 @@ fn record_stats(s: &TranslationStats, from_sdk: usize) {
     ] {
         metrics::counter!("tidewater_xray_translation_total", "kind" => kind).increment(n as u64);
     }
-    if s.dropped_spans > 0 {
-        tracing::warn!(
-            dropped = s.dropped_spans,
-            "spans X-Ray cannot take (invalid ids, or too old for any X-Ray trace id) were dropped"
-        );
-    }
 }
 
 #[async_trait]
@@ -153,10 +163,14 @@ impl Sink for XraySink {
         let owned = batches.to_vec();
         let cfg = self.translation.clone();
         // Translation is CPU work proportional to the round: off the async workers.
-        let (docs, stats, from_sdk) =
-            tokio::task::spawn_blocking(move || documents(&owned, &cfg, now)).await?;
+        let Documents {
+            docs,
+            stats,
+            from_sdk,
+            unplaceable,
+        } = tokio::task::spawn_blocking(move || documents(&owned, &cfg, now)).await?;
 
-        let mut rejected = Vec::new();
+        let mut rejected = unplaceable;
         let mut sendable = Vec::with_capacity(docs.len());
         for doc in docs {
             match precheck(&doc) {

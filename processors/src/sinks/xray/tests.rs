@@ -130,3 +130,42 @@ async fn translates_chunks_sends_and_dead_letters() {
     assert_eq!(dead[1]["id"], format!("{:016x}", 7));
     assert!(dead[1]["document"].as_str().unwrap().contains("GET /7"));
 }
+
+#[tokio::test]
+async fn spans_with_no_xray_form_are_dead_lettered_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = XraySinkConfig {
+        enabled: true,
+        dead_letter_path: dir.path().join("xray.ndjson"),
+        ..Default::default()
+    };
+    let fake = Arc::new(Fake::default());
+    let sink = XraySink::with_api(config, fake.clone()).unwrap();
+    let mut request = spans(3);
+    let sent = &mut request.resource_spans[0].scope_spans[0].spans;
+    // 40 days old: older than any trace id X-Ray takes.
+    sent[0].start_time_unix_nano -= 40 * 86_400 * 1_000_000_000;
+    sent[1].trace_id = vec![1, 2, 3];
+    sink.deliver(&[batch(Signal::Traces, SignalData::Traces(request))])
+        .await
+        .unwrap();
+
+    assert_eq!(fake.calls.lock().unwrap().concat().len(), 1);
+    let dead: Vec<Value> = std::fs::read_to_string(dir.path().join("xray.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 2);
+    assert!(dead
+        .iter()
+        .all(|d| d["code"] == "Tidewater.UnplaceableSpan"));
+    assert_eq!(dead[0]["id"], "0000000000000001");
+    assert!(dead[0]["reason"].as_str().unwrap().contains("too long ago"));
+    assert!(dead[1]["reason"].as_str().unwrap().contains("16 bytes"));
+    let otlp: Value = serde_json::from_str(dead[0]["document"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        otlp["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"],
+        "GET /1"
+    );
+}
