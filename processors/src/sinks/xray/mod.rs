@@ -29,7 +29,7 @@ pub use config::XraySinkConfig;
 
 use crate::decode::{Batch, SignalData};
 use crate::sink::Sink;
-use crate::xray::{translate, TranslationStats, XrayConfig};
+use crate::xray::{translate, AnnotationMode, TranslationStats, XrayConfig};
 use dead_letter::DeadLetter;
 use request::{chunk, precheck, Doc};
 use retry::{send, Rejection, RetryPolicy};
@@ -65,9 +65,13 @@ impl XraySink {
     }
 
     pub fn describe(&self) -> String {
+        let annotations = match &self.translation.annotations {
+            AnnotationMode::None => "none".to_string(),
+            AnnotationMode::All => "every attribute".to_string(),
+            AnnotationMode::Keys(keys) => keys.join(", "),
+        };
         format!(
-            "sink xray: PutTraceSegments ({:?} annotations), dead letters in {}",
-            self.translation.annotations,
+            "sink xray: PutTraceSegments, annotations: {annotations}; dead letters in {}",
             self.dead_letter.path().display()
         )
     }
