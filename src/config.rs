@@ -166,6 +166,26 @@ mod tests {
     }
 
     #[test]
+    fn xray_sink_settings_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("TIDEWATER_SINKS__XRAY__ENABLED", "true"),
+                (
+                    "TIDEWATER_SINKS__XRAY__INDEXED_ATTRIBUTES",
+                    r#"["order.id", "otel.resource.deployment.environment"]"#,
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(c.sinks.xray.enabled);
+        assert_eq!(
+            c.sinks.xray.indexed_attributes,
+            ["order.id", "otel.resource.deployment.environment"]
+        );
+    }
+
+    #[test]
     fn environment_overrides_nested_keys() {
         let c = Config::load(
             None,

@@ -10,6 +10,7 @@ use tidewater_collector::Collector;
 use tidewater_processors::runtime::Processor;
 use tidewater_processors::sink::Sink;
 use tidewater_processors::sinks::file::FileSink;
+use tidewater_processors::sinks::xray::XraySink;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
@@ -59,6 +60,9 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     if config.sinks.file.enabled {
         sinks.push(Arc::new(FileSink::new(config.sinks.file.clone())?));
     }
+    if config.sinks.xray.enabled {
+        sinks.push(Arc::new(XraySink::new(config.sinks.xray.clone())?));
+    }
     if sinks.is_empty() {
         anyhow::bail!("no sink is enabled: enable at least one under [sinks]");
     }
@@ -73,6 +77,10 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
         lines.push(format!(
             "collector: OTLP/gRPC + events gRPC on {}, OTLP/HTTP + POST /v1/events on {}",
             c.grpc_addr, c.http_addr
+        ));
+        lines.push(format!(
+            "  X-Ray daemon protocol (UDP) on {}",
+            c.xray_udp_addr
         ));
         lines.push(format!(
             "  batches of up to {} items / {} / {:?}, memory limit {}, max request {}",
@@ -101,6 +109,12 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
         ));
         if config.sinks.file.enabled {
             lines.push(format!("  sink file: {}", config.sinks.file.dir.display()));
+        }
+        if config.sinks.xray.enabled {
+            match XraySink::new(config.sinks.xray.clone()) {
+                Ok(sink) => lines.push(format!("  {}", sink.describe())),
+                Err(e) => lines.push(format!("  sink xray: {e}")),
+            }
         }
     }
     lines.push(format!(

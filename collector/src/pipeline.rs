@@ -32,11 +32,12 @@ use crate::error::IngestError;
 use crate::partition::{Part, Payload};
 
 /// The signals the collector batches, in lane order.
-pub const SIGNALS: [Signal; 4] = [
+pub const SIGNALS: [Signal; 5] = [
     Signal::Traces,
     Signal::Metrics,
     Signal::Logs,
     Signal::Events,
+    Signal::XraySegments,
 ];
 
 type AckResult = Result<(), Arc<str>>;
@@ -391,7 +392,20 @@ pub fn encode(signal: Signal, parts: Vec<Part>) -> (Encoding, Vec<u8>) {
                 PublishRequest { events }.encode_to_vec(),
             )
         }
-        Signal::XraySegments | Signal::Unspecified => unreachable!("not batched by lanes"),
+        Signal::XraySegments => {
+            // One document per line; the UDP receiver made each a single line.
+            let mut text = String::new();
+            for p in payloads {
+                if let Payload::XraySegments(docs) = p {
+                    for d in docs {
+                        text.push_str(&d);
+                        text.push('\n');
+                    }
+                }
+            }
+            (Encoding::XrayJson, text.into_bytes())
+        }
+        Signal::Unspecified => unreachable!("not batched by lanes"),
     }
 }
 

@@ -40,4 +40,5 @@ impl Default for ProcessorConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SinksConfig {
     pub file: crate::sinks::file::FileSinkConfig,
+    pub xray: crate::sinks::xray::XraySinkConfig,
 }
