@@ -22,7 +22,11 @@ pub struct Tidewater {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Tidewater {
@@ -34,7 +38,10 @@ impl Tidewater {
             grpc: free_port(),
             http: free_port(),
             admin: free_port(),
-            env: env.iter().map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+                .collect(),
         };
         t.start();
         t
@@ -42,12 +49,22 @@ impl Tidewater {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tidewater.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tidewater.log"))
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewater"));
         cmd.arg("up")
             .current_dir(&self.dir)
-            .env("TIDEWATER_COLLECTOR__GRPC_ADDR", format!("127.0.0.1:{}", self.grpc))
-            .env("TIDEWATER_COLLECTOR__HTTP_ADDR", format!("127.0.0.1:{}", self.http))
+            .env(
+                "TIDEWATER_COLLECTOR__GRPC_ADDR",
+                format!("127.0.0.1:{}", self.grpc),
+            )
+            .env(
+                "TIDEWATER_COLLECTOR__HTTP_ADDR",
+                format!("127.0.0.1:{}", self.http),
+            )
             .env("TIDEWATER_ADMIN__ADDR", format!("127.0.0.1:{}", self.admin))
             .env("TIDEWATER_COLLECTOR__BATCH__TIMEOUT", "50ms")
             .env("TIDEWATER_PROCESSOR__POLL_WAIT", "100ms")
@@ -64,7 +81,10 @@ impl Tidewater {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("tidewater exited with {status} before it was ready:\n{}", self.log());
+                panic!(
+                    "tidewater exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
             }
             if http_get(self.admin, "/readyz").is_some_and(|(code, _)| code == 200) {
                 return;
@@ -81,14 +101,25 @@ impl Tidewater {
     /// SIGTERM and wait: the graceful path.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Some(status) = child.try_wait().unwrap() {
-                    assert!(status.success(), "tidewater exited with {status}:\n{}", self.log());
+                    assert!(
+                        status.success(),
+                        "tidewater exited with {status}:\n{}",
+                        self.log()
+                    );
                     return;
                 }
-                assert!(Instant::now() < deadline, "tidewater did not stop within 30s of SIGTERM");
+                assert!(
+                    Instant::now() < deadline,
+                    "tidewater did not stop within 30s of SIGTERM"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -103,7 +134,9 @@ impl Tidewater {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn http_url(&self, path: &str) -> String {
@@ -115,14 +148,21 @@ impl Tidewater {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics").map(|(_, body)| body).unwrap_or_default()
+        http_get(self.admin, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     /// Every JSON line the file sink wrote for `signal`.
     pub fn sink_lines(&self, signal: &str) -> Vec<Value> {
-        let path = self.dir.join("tidewater-data/out").join(format!("{signal}.ndjson"));
+        let path = self
+            .dir
+            .join("tidewater-data/out")
+            .join(format!("{signal}.ndjson"));
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).expect("sink writes JSON lines")).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("sink writes JSON lines"))
+            .collect()
     }
 }
 
@@ -137,11 +177,18 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -162,7 +209,11 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
 /// The Python interpreter of the venv that `scripts/test` prepares.
 pub fn python() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run ./scripts/test (it creates the venv with the OpenTelemetry SDK)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run ./scripts/test (it creates the venv with the OpenTelemetry SDK)",
+        p.display()
+    );
     p
 }
 
@@ -176,8 +227,14 @@ pub fn run_otel_app(protocol: &str, endpoint: &str, args: &[&str]) -> Value {
         .output()
         .expect("run otel_app.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "otel_app.py failed ({}):\nstdout: {stdout}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("otel_app.py prints a JSON summary")
+    assert!(
+        out.status.success(),
+        "otel_app.py failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .expect("otel_app.py prints a JSON summary")
 }
 
 /// Every span in the OTLP/JSON batches the file sink wrote, with its resource attached.
@@ -217,7 +274,13 @@ pub fn metric_points(lines: &[Value]) -> Vec<(String, Value)> {
             for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
                 for m in sm["metrics"].as_array().into_iter().flatten() {
                     let name = m["name"].as_str().unwrap_or_default().to_string();
-                    for kind in ["sum", "gauge", "histogram", "exponentialHistogram", "summary"] {
+                    for kind in [
+                        "sum",
+                        "gauge",
+                        "histogram",
+                        "exponentialHistogram",
+                        "summary",
+                    ] {
                         for p in m[kind]["dataPoints"].as_array().into_iter().flatten() {
                             out.push((name.clone(), p.clone()));
                         }
@@ -231,5 +294,9 @@ pub fn metric_points(lines: &[Value]) -> Vec<(String, Value)> {
 
 /// The value of attribute `key` in an OTLP/JSON attribute list, as its JSON AnyValue.
 pub fn attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
-    attrs.as_array()?.iter().find(|kv| kv["key"] == key).map(|kv| &kv["value"])
+    attrs
+        .as_array()?
+        .iter()
+        .find(|kv| kv["key"] == key)
+        .map(|kv| &kv["value"])
 }

@@ -17,15 +17,27 @@ pub struct Peer {
 
 impl Peer {
     /// Spawns `cmd` (which must listen on `port`) and waits until `ready(port)` holds.
-    pub fn spawn(name: &'static str, mut cmd: Command, port: u16, ready: impl Fn(u16) -> bool) -> Peer {
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    pub fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        port: u16,
+        ready: impl Fn(u16) -> bool,
+    ) -> Peer {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let mut peer = Peer { child, port, name };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready(port) {
             if let Some(status) = peer.child.try_wait().unwrap() {
                 panic!("{name} exited with {status} before it was ready");
             }
-            assert!(Instant::now() < deadline, "{name} not ready on port {port} after 60s");
+            assert!(
+                Instant::now() < deadline,
+                "{name} not ready on port {port} after 60s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         peer
@@ -46,7 +58,11 @@ impl Drop for Peer {
 /// moto in server mode: Kinesis, DynamoDB, CloudWatch Logs, X-Ray... on one endpoint.
 pub fn moto() -> Peer {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-    assert!(bin.exists(), "{} is missing: run ./scripts/test (it installs moto into .venv)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run ./scripts/test (it installs moto into .venv)",
+        bin.display()
+    );
     let port = free_port();
     let mut cmd = Command::new(bin);
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);

@@ -1,3 +1,4 @@
 //! Destinations. Each sink owns its config, its translation (pure, elsewhere) and its I/O.
 
+pub mod cloudwatch_logs;
 pub mod file;

@@ -105,7 +105,9 @@ pub(crate) fn any_to_json(v: Option<&AnyValue>) -> Value {
         Some(Av::IntValue(i)) => Value::from(*i),
         Some(Av::DoubleValue(d)) => serde_json::Number::from_f64(*d)
             .map_or_else(|| Value::String(d.to_string()), Value::Number),
-        Some(Av::ArrayValue(a)) => Value::Array(a.values.iter().map(|v| any_to_json(Some(v))).collect()),
+        Some(Av::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(|v| any_to_json(Some(v))).collect())
+        }
         Some(Av::KvlistValue(l)) => {
             let mut m = serde_json::Map::new();
             for kv in &l.values {
@@ -133,7 +135,11 @@ fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -147,7 +147,9 @@ fn python_frame(line: &str) -> Option<StackFrame> {
     let rest = line.trim_start().strip_prefix("File \"")?;
     let (path, rest) = rest.split_once('"')?;
     let rest = rest.strip_prefix(", line ")?;
-    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     let line_no = rest[..digits].parse().ok();
     let label = rest[digits..]
         .strip_prefix(", in ")

@@ -72,13 +72,9 @@ pub(crate) fn make_http(a: &mut Attrs<'_>, kind: SpanKind) -> (Option<Http>, Opt
     };
 
     let user_agent = a.take_string(USER_AGENT);
-    let client_ip = a.take_string(CLIENT_IP).or_else(|| {
-        if server {
-            a.take_string(PEER_IP)
-        } else {
-            None
-        }
-    });
+    let client_ip =
+        a.take_string(CLIENT_IP)
+            .or_else(|| if server { a.take_string(PEER_IP) } else { None });
     let content_length = a.take_int(CONTENT_LENGTH);
 
     let request = HttpRequest {
@@ -115,7 +111,9 @@ fn build_url(
     } else {
         host.to_string()
     };
-    let has_port = host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
     let port = match port {
         Some(80) if scheme == "http" => String::new(),
         Some(443) if scheme == "https" => String::new(),
@@ -161,7 +159,10 @@ mod unit {
             build_url(None, Some("::1"), Some(8080), None).as_deref(),
             Some("http://[::1]:8080")
         );
-        assert_eq!(build_url(None, None, None, Some("/p")).as_deref(), Some("/p"));
+        assert_eq!(
+            build_url(None, None, None, Some("/p")).as_deref(),
+            Some("/p")
+        );
         assert_eq!(build_url(None, None, Some(1), None), None);
         assert_eq!(url_host("https://u:p@h.example:9/x"), Some("h.example"));
         assert_eq!(url_host("http://[::1]:80/"), Some("::1"));

@@ -183,7 +183,12 @@ fn shed_stacks(d: &mut Segment, s: &mut String) -> usize {
     while s.len() > MAX_DOCUMENT_BYTES {
         let mut items = Vec::new();
         walk(d, &mut |seq, _, seg| {
-            for (i, e) in seg.cause.iter().flat_map(|c| c.exceptions.iter()).enumerate() {
+            for (i, e) in seg
+                .cause
+                .iter()
+                .flat_map(|c| c.exceptions.iter())
+                .enumerate()
+            {
                 if !e.stack.is_empty() {
                     // `"stack":[...],` goes, `"truncated":N,` may appear.
                     let gain = (json(&e.stack).len() + 9).saturating_sub(20);

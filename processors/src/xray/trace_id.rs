@@ -117,8 +117,7 @@ pub(crate) fn trace_hash(id: &[u8; 16]) -> u64 {
 /// Deterministic 16-hex-char exception id from the span id, the event index and
 /// the position in a `Caused by` chain.
 pub(crate) fn exception_id(span_id: &[u8; 8], event_index: u64, chain_index: u64) -> String {
-    let h = mix64(
-        u64::from_be_bytes(*span_id) ^ mix64(event_index ^ mix64(chain_index ^ 0x5851_f42d)),
-    );
+    let h =
+        mix64(u64::from_be_bytes(*span_id) ^ mix64(event_index ^ mix64(chain_index ^ 0x5851_f42d)));
     format!("{h:016x}")
 }

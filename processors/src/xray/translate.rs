@@ -89,7 +89,9 @@ pub(crate) fn translate(
                 parent,
                 xray_trace_id: xid.id,
                 remapped: xid.remapped,
-                is_segment: span_kind(span) == SpanKind::Server || parent.is_none() || remote_parent,
+                is_segment: span_kind(span) == SpanKind::Server
+                    || parent.is_none()
+                    || remote_parent,
             });
         }
     }
@@ -164,7 +166,12 @@ impl Builder<'_, '_> {
             let seg = self.build(r, role, 0, &mut pending);
             let node = &self.nodes[r];
             let original = node.remapped.then(|| hex(&node.trace));
-            size::emit(seg, original.as_deref(), &mut self.stats, &mut self.documents);
+            size::emit(
+                seg,
+                original.as_deref(),
+                &mut self.stats,
+                &mut self.documents,
+            );
         }
     }
 
@@ -249,7 +256,11 @@ fn span_to_segment(
         name,
         id: hex(&node.span_id),
         trace_id: top_level.then(|| node.xray_trace_id.clone()),
-        parent_id: if top_level { node.parent.map(|p| hex(&p)) } else { None },
+        parent_id: if top_level {
+            node.parent.map(|p| hex(&p))
+        } else {
+            None
+        },
         kind: (role == Role::Independent).then(|| "subsegment".to_string()),
         start_time: secs(start),
         end_time,
@@ -276,7 +287,13 @@ fn span_to_segment(
 /// `peer.service`, the AWS service, `db@host`, `rpc.service`, the peer host, the
 /// url's host. Otherwise (and as fallback) the span name. Sanitised; `span` if
 /// nothing survives sanitising.
-fn segment_name(role: Role, outgoing: bool, a: &Attrs<'_>, r: &Attrs<'_>, span_name: &str) -> String {
+fn segment_name(
+    role: Role,
+    outgoing: bool,
+    a: &Attrs<'_>,
+    r: &Attrs<'_>,
+    span_name: &str,
+) -> String {
     let mut candidates: Vec<Option<String>> = Vec::new();
     if role == Role::Segment {
         candidates.push(r.str("service.name").map(str::to_string));
