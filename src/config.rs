@@ -111,6 +111,7 @@ impl Config {
                 self.collector.batch.max_size
             );
         }
+        self.sinks.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }

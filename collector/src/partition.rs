@@ -301,6 +301,7 @@ mod tests {
             value: Some(AnyValue {
                 value: Some(any_value::Value::StringValue(v.into())),
             }),
+            ..Default::default()
         }
     }
 
