@@ -91,12 +91,23 @@ impl Recent {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Persisted {
     version: u32,
     state: State,
     pending: Vec<Pending>,
     recent: Recent,
+}
+
+impl Persisted {
+    fn empty() -> Self {
+        Persisted {
+            version: STATE_VERSION,
+            state: State::default(),
+            pending: Vec::new(),
+            recent: Recent::default(),
+        }
+    }
 }
 
 pub struct EmfSink {
@@ -180,7 +191,7 @@ impl EmfSink {
 fn load(path: &Path) -> anyhow::Result<Persisted> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Persisted::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Persisted::empty()),
         Err(e) => return Err(anyhow::anyhow!("read {}: {e}", path.display())),
     };
     match serde_json::from_slice::<Persisted>(&text) {
@@ -197,7 +208,7 @@ fn load(path: &Path) -> anyhow::Result<Persisted> {
             tracing::error!(path = %path.display(), aside = %aside.display(), error = %why, "EMF state unreadable; starting empty");
             metrics::counter!("tidewater_emf_state_unreadable_total").increment(1);
             std::fs::rename(path, &aside)?;
-            Ok(Persisted::default())
+            Ok(Persisted::empty())
         }
     }
 }
@@ -359,6 +370,11 @@ mod tests {
         let p = load(&path).unwrap();
         assert!(p.pending.is_empty());
         assert!(dir.path().join("emf-state.json.corrupt").exists());
+        // What an empty sink writes reads back as it is, not as unreadable.
+        std::fs::remove_file(path.with_extension("json.corrupt")).unwrap();
+        write_atomically(&path, &serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(load(&path).unwrap().version, STATE_VERSION);
+        assert!(!path.with_extension("json.corrupt").exists());
         write_atomically(&path, br#"{"version":1,"state":{"windows":{"groups":[]},"delta":{"series":{}}},"pending":[],"recent":{"order":["ab"]}}"#).unwrap();
         let p = load(&path).unwrap();
         assert!(p.recent.contains("ab"));
