@@ -431,3 +431,202 @@ fn log_records_land_in_the_group_and_stream_their_resource_maps_to() {
         .contains("ancient history"));
     assert!(tw.metrics().contains("tidewater_cloudwatch_logs_rejected_events_total{sink=\"cloudwatch_logs\",reason=\"too_old\"} 1"), "{}", tw.metrics());
 }
+
+/// A small HTTP proxy in front of moto that answers some `PutLogEvents` calls with
+/// `ThrottlingException`, as CloudWatch does under load (moto never throttles).
+mod throttling_proxy {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    pub struct Proxy {
+        pub port: u16,
+        /// `PutLogEvents` calls seen, and how many were throttled.
+        pub puts: Arc<AtomicUsize>,
+        pub throttled: Arc<AtomicUsize>,
+    }
+
+    /// Throttles the `PutLogEvents` calls whose 1-based arrival number is in `throttle`.
+    pub fn start(upstream: String, throttle: Vec<usize>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let puts = Arc::new(AtomicUsize::new(0));
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let (p, t) = (puts.clone(), throttled.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (upstream, throttle, p, t) =
+                    (upstream.clone(), throttle.clone(), p.clone(), t.clone());
+                std::thread::spawn(move || serve(conn, &upstream, &throttle, &p, &t));
+            }
+        });
+        Proxy {
+            port,
+            puts,
+            throttled,
+        }
+    }
+
+    fn serve(
+        conn: TcpStream,
+        upstream: &str,
+        throttle: &[usize],
+        puts: &AtomicUsize,
+        throttled: &AtomicUsize,
+    ) {
+        let http = reqwest::blocking::Client::new();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut out = conn;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (
+                parts.next().unwrap_or("").to_string(),
+                parts.next().unwrap_or("/").to_string(),
+            );
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                let h = h.trim_end().to_string();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.push((k.trim().to_lowercase(), v.trim().to_string()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let target = headers
+                .iter()
+                .find(|(k, _)| k == "x-amz-target")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let (status, content_type, reply) = if target.ends_with("PutLogEvents")
+                && throttle.contains(&(puts.fetch_add(1, Ordering::SeqCst) + 1))
+            {
+                throttled.fetch_add(1, Ordering::SeqCst);
+                (
+                    400,
+                    "application/x-amz-json-1.1".to_string(),
+                    br#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_vec(),
+                )
+            } else {
+                let mut req = http.request(method.parse().unwrap(), format!("{upstream}{path}"));
+                for (k, v) in &headers {
+                    if k != "host" && k != "content-length" {
+                        req = req.header(k.as_str(), v.as_str());
+                    }
+                }
+                let resp = req.body(body).send().unwrap();
+                let status = resp.status().as_u16();
+                let ct = resp
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/x-amz-json-1.1")
+                    .to_string();
+                (status, ct, resp.bytes().unwrap().to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+                reply.len()
+            );
+            if out
+                .write_all(head.as_bytes())
+                .and_then(|_| out.write_all(&reply))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn throttled_requests_are_retried_and_nothing_is_sent_twice() {
+    let moto = moto();
+    let proxy = throttling_proxy::start(moto.endpoint(), vec![2, 3, 4]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let logs = client(&rt, &moto);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env_with(
+        &moto,
+        &[
+            ("TIDEWATER_SINKS__CLOUDWATCH_LOGS__ENABLED", "true"),
+            ("TIDEWATER_SINKS__CLOUDWATCH_LOGS__LOG_STREAM", "app"),
+            // Two attempts per request: the 2nd and 3rd throttles fail the round once, and
+            // the processor's retry must not send the request that already succeeded again.
+            ("TIDEWATER_SINKS__CLOUDWATCH_LOGS__MAX_ATTEMPTS", "2"),
+            ("TIDEWATER_SINKS__CLOUDWATCH_LOGS__RETRY_INITIAL", "50ms"),
+            ("TIDEWATER_PROCESSOR__RETRY_INITIAL", "50ms"),
+        ],
+    );
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push((
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", proxy.port),
+    ));
+    let tw = Tidewater::up(dir.path(), &env);
+
+    // 300 records of 4 KiB: more than one PutLogEvents request (1 MiB each) in one round.
+    let records: Vec<Value> = (0..300)
+        .map(|i| json!({"timeUnixNano": (now_nanos() + i as u64).to_string(), "body": {"stringValue": format!("record {i:03} {}", "x".repeat(4096))}}))
+        .collect();
+    let body = json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "bulk"}}]},
+        "scopeLogs": [{"logRecords": records}]}]});
+    let r = reqwest::blocking::Client::new()
+        .post(tw.http_url("/v1/logs"))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let stored = wait_for(Duration::from_secs(60), || {
+        let m = stream_messages(&rt, &logs, "/tidewater/bulk", "app");
+        (m.len() >= 300 && proxy.throttled.load(std::sync::atomic::Ordering::SeqCst) == 3)
+            .then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not all records stored ({} throttled):\n{}",
+            proxy.throttled.load(std::sync::atomic::Ordering::SeqCst),
+            tw.log()
+        )
+    });
+    // Two requests (1 MiB each at most): the first stored, the second throttled twice (the
+    // round fails), then on the round's retry only the second is sent: throttled once, then
+    // stored. Five calls; a sixth would mean the first request was sent twice.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(proxy.puts.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert!(stored.len() >= 300);
+    let stored = stream_messages(&rt, &logs, "/tidewater/bulk", "app");
+    let mut bodies: Vec<String> = stored
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<Value>(m).unwrap()["body"]
+                .as_str()
+                .unwrap()[..10]
+                .to_string()
+        })
+        .collect();
+    bodies.sort();
+    let want: Vec<String> = (0..300).map(|i| format!("record {i:03}")).collect();
+    assert_eq!(bodies, want, "each record exactly once");
+    assert!(
+        tw.metrics()
+            .contains("tidewater_processor_sink_failures_total{sink=\"cloudwatch_logs\"}"),
+        "{}",
+        tw.metrics()
+    );
+}
