@@ -8,8 +8,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     exponential_histogram_data_point::Buckets as OtlpBuckets, metric::Data, number_data_point,
-    AggregationTemporality, DataPointFlags, NumberDataPoint,
+    AggregationTemporality, DataPointFlags, Metric, NumberDataPoint,
 };
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::aggregate::{window_start, Aggregate, Distribution, GroupKey};
@@ -43,15 +44,29 @@ pub(crate) fn labels(
     out
 }
 
-/// Where one metric's points go: the group key for a set of labels, or `None` when the
-/// declarations leave the metric out.
+/// Where one resource's points go: its attributes and log stream, and the group key for a set
+/// of labels.
 pub(crate) struct Target<'a> {
     pub settings: &'a Settings,
-    pub resource: &'a BTreeMap<String, String>,
-    pub stream: &'a str,
+    pub resource: BTreeMap<String, String>,
+    pub stream: String,
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    pub(crate) fn new(settings: &'a Settings, resource: Option<&Resource>) -> Self {
+        let resource = resource
+            .map(|r| attributes_text(&r.attributes))
+            .unwrap_or_default();
+        let stream = settings.log_stream.render(&resource);
+        Target {
+            settings,
+            resource,
+            stream,
+        }
+    }
+
+    /// The group for a point of `metric` with `labels`, and the declared unit; `None` when
+    /// the declarations leave the metric out.
     pub(crate) fn key(
         &self,
         metric: &str,
@@ -88,7 +103,7 @@ impl Target<'_> {
         GroupKey {
             window_ms: window_start(time_ms, self.settings.window_ms),
             namespace: self.settings.namespace.clone(),
-            log_stream: self.stream.to_string(),
+            log_stream: self.stream.clone(),
             dims,
             sets,
         }
@@ -171,6 +186,23 @@ fn aggregate(reading: Reading, min: Option<f64>, max: Option<f64>) -> Aggregate 
     }
 }
 
+/// One data point, as the folding needs it.
+struct Point<'p> {
+    attributes: &'p [KeyValue],
+    flags: u32,
+    start: u64,
+    time: u64,
+    /// The metric's kind, part of the series identity.
+    kind: &'static str,
+    /// A cumulative reading, to difference against the series' baseline.
+    cumulative: bool,
+    reading: Reading,
+    min: Option<f64>,
+    max: Option<f64>,
+    /// Each point is one observed value (gauges, non-monotonic sums), not an increase.
+    as_value: bool,
+}
+
 impl State {
     /// Folds every data point of `request` into the windows.
     pub fn fold_metrics(
@@ -181,210 +213,193 @@ impl State {
         stats: &mut Stats,
     ) {
         for rm in &request.resource_metrics {
-            let resource = rm
-                .resource
-                .as_ref()
-                .map(|r| attributes_text(&r.attributes))
-                .unwrap_or_default();
-            let stream = settings.log_stream.render(&resource);
-            let target = Target {
-                settings,
-                resource: &resource,
-                stream: &stream,
-            };
+            let target = Target::new(settings, rm.resource.as_ref());
             for sm in &rm.scope_metrics {
                 let scope = sm.scope.as_ref().map(|s| s.name.as_str()).unwrap_or("");
                 for metric in &sm.metrics {
-                    self.fold_metric(metric, scope, &target, now_ms, stats);
+                    for point in points(metric) {
+                        self.fold_point(metric, scope, &target, point, now_ms, stats);
+                    }
                 }
             }
         }
     }
 
-    fn fold_metric(
+    /// labels → group → (cumulative → delta) → windows.
+    fn fold_point(
         &mut self,
-        metric: &opentelemetry_proto::tonic::metrics::v1::Metric,
+        metric: &Metric,
         scope: &str,
         target: &Target,
+        p: Point,
         now_ms: i64,
         stats: &mut Stats,
     ) {
+        stats.points += 1;
+        if no_value(p.flags) {
+            stats.no_value += 1;
+            return;
+        }
         let name = metric.name.as_str();
-        let mapped_unit = cloudwatch_unit(&metric.unit);
-        let keep_first = target.settings.keep_first_value;
-        // One closure per point: labels → group → (cumulative → delta) → windows.
-        let mut fold = |attrs: &[KeyValue],
-                        flags: u32,
-                        start: u64,
-                        time: u64,
-                        kind: &str,
-                        cumulative: bool,
-                        reading: Reading,
-                        min: Option<f64>,
-                        max: Option<f64>,
-                        as_values: bool| {
-            stats.points += 1;
-            if no_value(flags) {
-                stats.no_value += 1;
-                return;
-            }
-            let labels = labels(attrs, target.resource, &target.settings.resource_dimensions);
-            let Some((key, unit)) = target.key(name, &labels, time, now_ms) else {
-                stats.undeclared += 1;
-                return;
-            };
-            let unit = unit.unwrap_or_else(|| mapped_unit.to_string());
-            let (reading, whole) = if cumulative {
-                let all = attributes_text(attrs);
-                let series = series_key(name, kind, target.resource, scope, &all);
-                match self.delta.update(series, start, time, reading, keep_first) {
-                    Outcome::Delta { reading, whole } => (reading, whole),
-                    Outcome::Baseline => {
-                        stats.baselines += 1;
-                        return;
-                    }
-                    Outcome::Stale => {
-                        stats.stale += 1;
-                        return;
-                    }
-                    Outcome::Incompatible => {
-                        stats.incompatible += 1;
-                        return;
-                    }
+        let settings = target.settings;
+        let labels = labels(
+            p.attributes,
+            &target.resource,
+            &settings.resource_dimensions,
+        );
+        let Some((key, unit)) = target.key(name, &labels, p.time, now_ms) else {
+            stats.undeclared += 1;
+            return;
+        };
+        let unit = unit.unwrap_or_else(|| cloudwatch_unit(&metric.unit).to_string());
+        let (reading, whole) = if p.cumulative {
+            let all = attributes_text(p.attributes);
+            let series = series_key(name, p.kind, &target.resource, scope, &all);
+            match self.delta.update(
+                series,
+                p.start,
+                p.time,
+                p.reading,
+                settings.keep_first_value,
+            ) {
+                Outcome::Delta { reading, whole } => (reading, whole),
+                Outcome::Baseline => {
+                    stats.baselines += 1;
+                    return;
                 }
-            } else {
-                (reading, true)
-            };
-            let (min, max) = if whole { (min, max) } else { (None, None) };
-            let value = match (as_values, reading) {
-                // Gauges and non-monotonic sums: each point is one observed value.
-                (true, Reading::Number(v)) => Aggregate::Distribution(Distribution::single(v)),
-                (_, r) => aggregate(r, min, max),
-            };
-            if let Aggregate::Distribution(d) = &value {
-                if d.count == 0 {
+                Outcome::Stale => {
+                    stats.stale += 1;
+                    return;
+                }
+                Outcome::Incompatible => {
+                    stats.incompatible += 1;
                     return;
                 }
             }
-            self.windows.add(key, name, &unit, value);
+        } else {
+            (p.reading, true)
         };
-        let is_cumulative = |t: i32| t != AggregationTemporality::Delta as i32;
-        match &metric.data {
-            Some(Data::Gauge(g)) => {
-                for p in &g.data_points {
-                    if let Some(v) = number(p) {
-                        fold(
-                            &p.attributes,
-                            p.flags,
-                            p.start_time_unix_nano,
-                            p.time_unix_nano,
-                            "gauge",
-                            false,
-                            Reading::Number(v),
-                            None,
-                            None,
-                            true,
-                        );
-                    }
-                }
-            }
-            Some(Data::Sum(s)) => {
-                // Only a monotonic cumulative sum is a counter to difference; an up-down
-                // counter's cumulative value is a level, sent as a value like a gauge.
-                let counter = s.is_monotonic && is_cumulative(s.aggregation_temporality);
-                for p in &s.data_points {
-                    if let Some(v) = number(p) {
-                        fold(
-                            &p.attributes,
-                            p.flags,
-                            p.start_time_unix_nano,
-                            p.time_unix_nano,
-                            "sum",
-                            counter,
-                            Reading::Number(v),
-                            None,
-                            None,
-                            !s.is_monotonic,
-                        );
-                    }
-                }
-            }
-            Some(Data::Histogram(h)) => {
-                let cumulative = is_cumulative(h.aggregation_temporality);
-                for p in &h.data_points {
-                    let reading = Reading::Histogram {
-                        count: p.count,
-                        sum: p.sum,
-                        bounds: p.explicit_bounds.clone(),
-                        counts: p.bucket_counts.clone(),
-                    };
-                    fold(
-                        &p.attributes,
-                        p.flags,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        "histogram",
-                        cumulative,
-                        reading,
-                        p.min,
-                        p.max,
-                        false,
-                    );
-                }
-            }
-            Some(Data::ExponentialHistogram(h)) => {
-                let cumulative = is_cumulative(h.aggregation_temporality);
-                for p in &h.data_points {
-                    let reading = Reading::Exponential {
-                        count: p.count,
-                        sum: p.sum,
-                        scale: p.scale,
-                        zero_count: p.zero_count,
-                        positive: buckets(&p.positive),
-                        negative: buckets(&p.negative),
-                    };
-                    fold(
-                        &p.attributes,
-                        p.flags,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        "exponential",
-                        cumulative,
-                        reading,
-                        p.min,
-                        p.max,
-                        false,
-                    );
-                }
-            }
-            Some(Data::Summary(s)) => {
-                for p in &s.data_points {
-                    let q = |want: f64| {
-                        p.quantile_values
-                            .iter()
-                            .find(|q| q.quantile == want)
-                            .map(|q| q.value)
-                    };
-                    let reading = Reading::Summary {
-                        count: p.count,
-                        sum: p.sum,
-                    };
-                    // Summary count and sum are cumulative (OTLP data model).
-                    fold(
-                        &p.attributes,
-                        p.flags,
-                        p.start_time_unix_nano,
-                        p.time_unix_nano,
-                        "summary",
-                        true,
-                        reading,
-                        q(0.0),
-                        q(1.0),
-                        false,
-                    );
-                }
-            }
-            None => {}
+        let (min, max) = if whole { (p.min, p.max) } else { (None, None) };
+        let value = match (p.as_value, reading) {
+            (true, Reading::Number(v)) => Aggregate::Distribution(Distribution::single(v)),
+            (_, r) => aggregate(r, min, max),
+        };
+        if matches!(&value, Aggregate::Distribution(d) if d.count == 0) {
+            return;
         }
+        self.windows.add(key, name, &unit, value);
+    }
+}
+
+fn number_points<'m>(
+    dps: &'m [NumberDataPoint],
+    kind: &'static str,
+    cumulative: bool,
+    as_value: bool,
+) -> Vec<Point<'m>> {
+    dps.iter()
+        .filter_map(|p| {
+            Some(Point {
+                attributes: &p.attributes,
+                flags: p.flags,
+                start: p.start_time_unix_nano,
+                time: p.time_unix_nano,
+                kind,
+                cumulative,
+                reading: Reading::Number(number(p)?),
+                min: None,
+                max: None,
+                as_value,
+            })
+        })
+        .collect()
+}
+
+/// Every data point of a metric, whatever its kind.
+fn points(metric: &Metric) -> Vec<Point<'_>> {
+    let is_cumulative = |t: i32| t != AggregationTemporality::Delta as i32;
+    match &metric.data {
+        Some(Data::Gauge(g)) => number_points(&g.data_points, "gauge", false, true),
+        // Only a monotonic cumulative sum is a counter to difference; an up-down counter's
+        // value is a level, sent as a value like a gauge.
+        Some(Data::Sum(s)) => number_points(
+            &s.data_points,
+            "sum",
+            s.is_monotonic && is_cumulative(s.aggregation_temporality),
+            !s.is_monotonic,
+        ),
+        Some(Data::Histogram(h)) => h
+            .data_points
+            .iter()
+            .map(|p| Point {
+                attributes: &p.attributes,
+                flags: p.flags,
+                start: p.start_time_unix_nano,
+                time: p.time_unix_nano,
+                kind: "histogram",
+                cumulative: is_cumulative(h.aggregation_temporality),
+                reading: Reading::Histogram {
+                    count: p.count,
+                    sum: p.sum,
+                    bounds: p.explicit_bounds.clone(),
+                    counts: p.bucket_counts.clone(),
+                },
+                min: p.min,
+                max: p.max,
+                as_value: false,
+            })
+            .collect(),
+        Some(Data::ExponentialHistogram(h)) => h
+            .data_points
+            .iter()
+            .map(|p| Point {
+                attributes: &p.attributes,
+                flags: p.flags,
+                start: p.start_time_unix_nano,
+                time: p.time_unix_nano,
+                kind: "exponential",
+                cumulative: is_cumulative(h.aggregation_temporality),
+                reading: Reading::Exponential {
+                    count: p.count,
+                    sum: p.sum,
+                    scale: p.scale,
+                    zero_count: p.zero_count,
+                    positive: buckets(&p.positive),
+                    negative: buckets(&p.negative),
+                },
+                min: p.min,
+                max: p.max,
+                as_value: false,
+            })
+            .collect(),
+        Some(Data::Summary(s)) => s
+            .data_points
+            .iter()
+            .map(|p| {
+                let q = |want: f64| {
+                    p.quantile_values
+                        .iter()
+                        .find(|q| q.quantile == want)
+                        .map(|q| q.value)
+                };
+                Point {
+                    attributes: &p.attributes,
+                    flags: p.flags,
+                    start: p.start_time_unix_nano,
+                    time: p.time_unix_nano,
+                    kind: "summary",
+                    // Summary count and sum are cumulative (OTLP data model).
+                    cumulative: true,
+                    reading: Reading::Summary {
+                        count: p.count,
+                        sum: p.sum,
+                    },
+                    min: q(0.0),
+                    max: q(1.0),
+                    as_value: false,
+                }
+            })
+            .collect(),
+        None => Vec::new(),
     }
 }

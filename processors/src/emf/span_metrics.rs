@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use super::aggregate::{Aggregate, Distribution};
 use super::metrics::Target;
 use super::{Settings, State, Stats};
-use crate::anyvalue::attributes_text;
 
 pub const REQUESTS: &str = "RequestCount";
 pub const ERRORS: &str = "ErrorCount";
@@ -117,22 +116,13 @@ impl State {
         stats: &mut Stats,
     ) {
         for rs in &request.resource_spans {
-            let resource = rs
+            let target = Target::new(settings, rs.resource.as_ref());
+            let service = target
                 .resource
-                .as_ref()
-                .map(|r| attributes_text(&r.attributes))
-                .unwrap_or_default();
-            let service = resource
                 .get("service.name")
                 .filter(|s| !s.is_empty())
                 .cloned()
                 .unwrap_or_else(|| "unknown_service".into());
-            let stream = settings.log_stream.render(&resource);
-            let target = Target {
-                settings,
-                resource: &resource,
-                stream: &stream,
-            };
             for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
                 if !settings.span_kinds.contains(&span.kind) {
                     continue;
