@@ -74,7 +74,7 @@ impl Default for EmfConfig {
             storage_resolution: 60,
             max_series: 100_000,
             series_ttl: Duration::from_secs(3600),
-            dedup_records: 16_384,
+            dedup_records: 2048,
             state_dir: PathBuf::from("tidewater-data/emf"),
             retention_days: 0,
             max_event_size: ByteSize::kib(256),

@@ -62,21 +62,22 @@ struct Pending {
     document: String,
 }
 
-/// Bus record ids already folded, oldest first.
+/// Bus record ids already folded (as 64-bit hashes, to keep the state file small), oldest
+/// first.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Recent {
-    order: VecDeque<String>,
+    order: VecDeque<u64>,
     #[serde(skip)]
-    set: HashSet<String>,
+    set: HashSet<u64>,
 }
 
 impl Recent {
-    fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
+    fn contains(&self, id: u64) -> bool {
+        self.set.contains(&id)
     }
 
-    fn push(&mut self, id: String, capacity: usize) {
-        if self.set.insert(id.clone()) {
+    fn push(&mut self, id: u64, capacity: usize) {
+        if self.set.insert(id) {
             self.order.push_back(id);
         }
         while self.order.len() > capacity {
@@ -126,8 +127,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A bus record's id as a 64-bit hash; `None` for records without one.
+fn record_key(id: &[u8]) -> Option<u64> {
+    (!id.is_empty()).then(|| xxhash_rust::xxh3::xxh3_64(id))
 }
 
 impl EmfSink {
@@ -265,8 +267,8 @@ impl Sink for EmfSink {
         let mut stats = Stats::default();
         let mut changed = false;
         for b in batches {
-            let id = hex(&b.record_id);
-            if !id.is_empty() && p.recent.contains(&id) {
+            let id = record_key(&b.record_id);
+            if id.is_some_and(|id| p.recent.contains(id)) {
                 metrics::counter!("tidewater_emf_duplicate_records_total").increment(1);
                 continue;
             }
@@ -275,7 +277,7 @@ impl Sink for EmfSink {
                 SignalData::Traces(r) => p.state.fold_spans(r, &self.settings, now, &mut stats),
                 _ => continue,
             }
-            if !id.is_empty() {
+            if let Some(id) = id {
                 p.recent.push(id, self.config.dedup_records);
             }
             changed = true;
@@ -354,12 +356,12 @@ mod tests {
     fn recent_ids_are_bounded_and_survive_a_round_trip() {
         let mut r = Recent::default();
         for i in 0..10 {
-            r.push(format!("id{i}"), 4);
+            r.push(i, 4);
         }
-        assert!(!r.contains("id5") && r.contains("id6") && r.contains("id9"));
+        assert!(!r.contains(5) && r.contains(6) && r.contains(9));
         let mut back: Recent = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         back.rebuild();
-        assert!(back.contains("id9") && !back.contains("id1"));
+        assert!(back.contains(9) && !back.contains(1));
     }
 
     #[test]
@@ -375,9 +377,81 @@ mod tests {
         write_atomically(&path, &serde_json::to_vec(&p).unwrap()).unwrap();
         assert_eq!(load(&path).unwrap().version, STATE_VERSION);
         assert!(!path.with_extension("json.corrupt").exists());
-        write_atomically(&path, br#"{"version":1,"state":{"windows":{"groups":[]},"delta":{"series":{}}},"pending":[],"recent":{"order":["ab"]}}"#).unwrap();
+        write_atomically(&path, br#"{"version":1,"state":{"windows":{"groups":[]},"delta":{"series":{}}},"pending":[],"recent":{"order":[42]}}"#).unwrap();
         let p = load(&path).unwrap();
-        assert!(p.recent.contains("ab"));
+        assert!(p.recent.contains(42));
+    }
+
+    /// A delta counter export of `value` in bus record `id`.
+    fn batch(id: u8, value: i64) -> Arc<Batch> {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric::Data, number_data_point, AggregationTemporality, Metric, NumberDataPoint,
+            ResourceMetrics, ScopeMetrics, Sum,
+        };
+        let metric = Metric {
+            name: "jobs".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint {
+                    time_unix_nano: 1_700_000_000_000_000_000,
+                    value: Some(number_data_point::Value::AsInt(value)),
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Delta as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        Arc::new(Batch {
+            signal: Signal::Metrics,
+            record_id: vec![id; 16],
+            produced_at_unix_nano: 0,
+            item_count: 1,
+            data: SignalData::Metrics(ExportMetricsServiceRequest {
+                resource_metrics: vec![ResourceMetrics {
+                    scope_metrics: vec![ScopeMetrics {
+                        metrics: vec![metric],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }),
+        })
+    }
+
+    async fn jobs(sink: &EmfSink) -> Vec<f64> {
+        let mut p = sink.inner.lock().await;
+        let groups = p.state.windows.take_due(0, 0, 0, true);
+        let out = groups
+            .iter()
+            .map(|(_, g)| match g.metrics["jobs"].value {
+                crate::emf::aggregate::Aggregate::Sum(v) => v,
+                _ => f64::NAN,
+            })
+            .collect();
+        p.state.windows.restore(groups);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_round_delivered_again_is_not_counted_twice_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmfConfig {
+            enabled: true,
+            state_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let sink = EmfSink::new(&config).unwrap();
+        sink.deliver(&[batch(1, 5), batch(2, 3)]).await.unwrap();
+        sink.deliver(&[batch(2, 3)]).await.unwrap();
+        assert_eq!(jobs(&sink).await, vec![8.0]);
+        drop(sink);
+        // Restarted from the state file: the windows are back, and the redelivery of record 1
+        // (a crash before the checkpoint) is still recognised.
+        let sink = EmfSink::new(&config).unwrap();
+        assert_eq!(jobs(&sink).await, vec![8.0]);
+        sink.deliver(&[batch(1, 5), batch(3, 1)]).await.unwrap();
+        assert_eq!(jobs(&sink).await, vec![9.0]);
     }
 
     #[test]
