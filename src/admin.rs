@@ -12,9 +12,11 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+type Flag = (&'static str, Arc<AtomicBool>);
+
 /// Named readiness flags, one per component.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<std::sync::Mutex<Vec<(&'static str, Arc<AtomicBool>)>>>);
+pub struct Readiness(Arc<std::sync::Mutex<Vec<Flag>>>);
 
 impl Readiness {
     /// A flag for `component`, not ready until set.

@@ -22,6 +22,7 @@ pub struct Config {
     pub sinks: SinksConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub telemetry: crate::logging::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,5 +218,43 @@ mod tests {
             e.contains("bus.kind") && e.contains("carrier-pigeon"),
             "{e}"
         );
+    }
+
+    /// The manifests in deploy/ carry real configuration: keep them loadable.
+    #[test]
+    fn deploy_manifests_hold_valid_configuration() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let yaml = std::fs::read_to_string(root.join("deploy/k8s/collector-sidecar.yaml")).unwrap();
+        let mut lines = yaml
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("tidewater.toml: |"));
+        let header = lines.next().expect("the ConfigMap holds tidewater.toml");
+        let indent = header.len() - header.trim_start().len() + 2;
+        let toml: String = lines
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+            .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+            .collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        let c = Config::load(Some(f.path()), []).unwrap();
+        assert_eq!(c.admin.addr.port(), 8888);
+
+        let ecs: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("deploy/ecs/collector-sidecar.json")).unwrap(),
+        )
+        .unwrap();
+        let sidecar = ecs["containerDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "tidewater")
+            .unwrap();
+        let vars = sidecar["environment"].as_array().unwrap().iter().map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["value"].as_str().unwrap().to_string(),
+            )
+        });
+        Config::load(None, vars).unwrap();
     }
 }

@@ -64,7 +64,13 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    logging::init(&config.log);
+    let _telemetry = match logging::init(&config.log, &config.telemetry) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("tidewater: cannot set up telemetry: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

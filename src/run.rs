@@ -147,7 +147,11 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     .await?;
 
     let bus_ready = readiness.component("bus");
-    let bus = Bus::open(&config)?;
+    // Opening scans and checks the retained log: blocking work, kept off the async workers.
+    let bus = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Bus::open(&config)).await??
+    };
     bus_ready.store(true, Ordering::Release);
 
     let collector = if role.collects() {
@@ -176,6 +180,14 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     };
 
     tracing::info!(role = ?role, "tidewater running");
+    if role == Role::Up && config.sinks.file.enabled {
+        tracing::info!(
+            otlp_grpc = %config.collector.grpc_addr,
+            otlp_http = %config.collector.http_addr,
+            output = %config.sinks.file.dir.display(),
+            "send OTLP or events here; the file sink writes what arrives to the output dir"
+        );
+    }
     let mut processor = processor;
     let processor_ended = async {
         match processor.as_mut() {
@@ -183,12 +195,15 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    // A processor that stops on its own has failed: shut the rest down and exit non-zero, so
+    // the orchestrator restarts the task instead of leaving a collector with no consumer.
+    let mut outcome = Ok(());
     let mut processor_done = false;
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         result = processor_ended => {
             processor_done = true;
-            report_processor_end(result);
+            outcome = processor_outcome(result);
         }
     }
     // Collector first: it publishes what it holds, so a processor sees it now or next run.
@@ -197,17 +212,18 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     }
     processor_stop.cancel();
     if let Some(task) = processor.filter(|_| !processor_done) {
-        report_processor_end(task.await);
+        outcome = processor_outcome(task.await);
     }
     stop.cancel();
-    Ok(())
+    outcome
 }
 
-fn report_processor_end(result: Result<anyhow::Result<()>, tokio::task::JoinError>) {
+fn processor_outcome(
+    result: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
     match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "processor failed"),
-        Err(e) => tracing::error!(error = %e, "processor panicked"),
+        Ok(r) => r.map_err(|e| e.context("processor failed")),
+        Err(e) => Err(anyhow::anyhow!("processor panicked: {e}")),
     }
 }
 

@@ -55,6 +55,7 @@ impl Ingest {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "ingest", skip_all, fields(signal = "traces"))]
     pub async fn traces(
         &self,
         req: ExportTraceServiceRequest,
@@ -79,6 +80,7 @@ impl Ingest {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "ingest", skip_all, fields(signal = "metrics"))]
     pub async fn metrics(
         &self,
         req: ExportMetricsServiceRequest,
@@ -105,6 +107,7 @@ impl Ingest {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "ingest", skip_all, fields(signal = "logs"))]
     pub async fn logs(
         &self,
         req: ExportLogsServiceRequest,
@@ -130,6 +133,7 @@ impl Ingest {
     }
 
     /// `events` holds each event of the request in order, or why it could not even be parsed.
+    #[tracing::instrument(level = "debug", name = "ingest", skip_all, fields(signal = "events", events = events.len()))]
     pub async fn events(
         &self,
         events: Vec<Result<Event, RejectedEvent>>,

@@ -68,7 +68,8 @@ impl Pipeline {
         let partitions = producer.partitions().max(1);
         let memory_limit = usize::try_from(config.memory_limit.as_u64())
             .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
+            // Permits are taken per request as a u32.
+            .min(u32::MAX as usize);
         let mut tasks = JoinSet::new();
         let stop = CancellationToken::new();
         let lanes = SIGNALS
@@ -136,6 +137,12 @@ impl Pipeline {
                 IngestError::Busy { limit: self.memory_limit, retry_after: self.retry_after }
             })?;
         self.report_buffered();
+        let items: u64 = parts.iter().map(|p| p.items as u64).sum();
+        let label = signal.label();
+        metrics::gauge!("tidewater_collector_queued_items", "signal" => label)
+            .increment(items as f64);
+        metrics::gauge!("tidewater_collector_queued_bytes", "signal" => label)
+            .increment(total as f64);
         let mut acks = Vec::with_capacity(parts.len());
         for part in parts {
             let share = permit
@@ -250,6 +257,7 @@ impl Lane {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "publish", skip_all, fields(signal = self.signal.label(), partition = self.partition, items = batch.items, bytes = batch.bytes))]
     async fn publish(&self, batch: Batch) {
         let Batch {
             parts,
@@ -280,7 +288,12 @@ impl Lane {
             }
             Err(e) => Err(Arc::<str>::from(e)),
         };
+        let held: usize = permits.iter().map(|p| p.num_permits()).sum();
         drop(permits);
+        metrics::gauge!("tidewater_collector_queued_items", "signal" => self.signal.label())
+            .decrement(items as f64);
+        metrics::gauge!("tidewater_collector_queued_bytes", "signal" => self.signal.label())
+            .decrement(held as f64);
         for ack in acks {
             let _ = ack.send(result.clone());
         }
@@ -379,5 +392,174 @@ pub fn encode(signal: Signal, parts: Vec<Part>) -> (Encoding, Vec<u8>) {
             )
         }
         Signal::XraySegments | Signal::Unspecified => unreachable!("not batched by lanes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use tidewater_bus::{Ack, BusError, Position};
+
+    use super::*;
+
+    /// Records what is published; fails or stalls on demand.
+    #[derive(Default)]
+    struct FakeBus {
+        published: Mutex<Vec<(PartitionKey, Envelope)>>,
+        fail: bool,
+        stall: bool,
+    }
+
+    #[async_trait]
+    impl Producer for FakeBus {
+        fn partitions(&self) -> u32 {
+            2
+        }
+        async fn publish(&self, key: &PartitionKey, records: Vec<Bytes>) -> Result<Ack, BusError> {
+            if self.stall {
+                std::future::pending::<()>().await;
+            }
+            if self.fail {
+                return Err(BusError::Unavailable("disk on fire".into()));
+            }
+            let mut published = self.published.lock().unwrap();
+            for r in records {
+                published.push((key.clone(), Envelope::decode(r).unwrap()));
+            }
+            Ok(Ack {
+                partition: "0".into(),
+                first: Position::Offset(0),
+            })
+        }
+    }
+
+    fn config(timeout_ms: u64) -> CollectorConfig {
+        let mut c = CollectorConfig::default();
+        c.batch.timeout = Duration::from_millis(timeout_ms);
+        c.ack_timeout = Duration::from_millis(500);
+        c
+    }
+
+    fn part(partition: u32, name: &str) -> Part {
+        let rs = ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    name: name.into(),
+                    trace_id: vec![1; 16],
+                    span_id: vec![1; 8],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let bytes = rs.encoded_len();
+        Part {
+            partition,
+            payload: Payload::Traces(vec![rs]),
+            items: 1,
+            bytes,
+        }
+    }
+
+    fn names(envelope: &Envelope) -> Vec<String> {
+        let payload =
+            zstd::bulk::decompress(&envelope.payload, envelope.uncompressed_size as usize).unwrap();
+        let req = ExportTraceServiceRequest::decode(&payload[..]).unwrap();
+        req.resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn acknowledges_after_publishing_one_batch_per_partition_in_order() {
+        let bus = Arc::new(FakeBus::default());
+        let pipeline = Pipeline::start(&config(50), bus.clone(), "test".into());
+        let (a, b) = tokio::join!(
+            pipeline.submit(Signal::Traces, vec![part(0, "a1"), part(1, "b1")]),
+            pipeline.submit(Signal::Traces, vec![part(0, "a2")]),
+        );
+        a.unwrap();
+        b.unwrap();
+        let published = bus.published.lock().unwrap();
+        assert_eq!(published.len(), 2, "one batch per partition");
+        let lane0 = published
+            .iter()
+            .find(|(k, _)| k == &PartitionKey::for_partition(0, 2))
+            .unwrap();
+        assert_eq!(names(&lane0.1), ["a1", "a2"]);
+        assert_eq!(lane0.1.item_count, 2);
+        assert_eq!(lane0.1.signal, Signal::Traces as i32);
+        assert_eq!(lane0.1.record_id.len(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_is_a_retryable_refusal() {
+        let bus = Arc::new(FakeBus {
+            fail: true,
+            ..Default::default()
+        });
+        let pipeline = Pipeline::start(&config(10), bus, "test".into());
+        let err = pipeline
+            .submit(Signal::Traces, vec![part(0, "x")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IngestError::Unavailable { reason, .. } if reason.contains("disk on fire")),
+            "{err:?}"
+        );
+        // The memory taken by the failed request is given back.
+        assert_eq!(pipeline.memory.available_permits(), pipeline.memory_limit);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_bus_times_out_as_unavailable_and_then_refuses_when_full() {
+        let bus = Arc::new(FakeBus {
+            stall: true,
+            ..Default::default()
+        });
+        let mut c = config(10);
+        c.memory_limit = bytesize::ByteSize::b(part(0, "x").bytes as u64);
+        let pipeline = Pipeline::start(&c, bus, "test".into());
+        let err = pipeline
+            .submit(Signal::Traces, vec![part(0, "x")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IngestError::Unavailable { .. }), "{err:?}");
+        // The stalled batch still holds its memory: the next request is pushed back at once.
+        let err = pipeline
+            .submit(Signal::Traces, vec![part(1, "y")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IngestError::Busy { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_publishes_what_is_batched() {
+        let bus = Arc::new(FakeBus::default());
+        let pipeline = Pipeline::start(&config(60_000), bus.clone(), "test".into());
+        let submit = {
+            let pipeline = pipeline.clone();
+            tokio::spawn(
+                async move { pipeline.submit(Signal::Traces, vec![part(0, "late")]).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pipeline.shutdown().await;
+        submit.await.unwrap().unwrap();
+        assert_eq!(bus.published.lock().unwrap().len(), 1);
+        let err = pipeline
+            .submit(Signal::Traces, vec![part(0, "after")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IngestError::Unavailable { reason, .. } if reason.contains("shutting down"))
+        );
     }
 }

@@ -59,6 +59,7 @@ impl Processor {
     }
 
     /// Delivers one round and checkpoints it. `false` when stopped before every sink took it.
+    #[tracing::instrument(level = "debug", name = "round", skip_all, fields(records = records.len()))]
     async fn round(
         &mut self,
         records: Vec<Record>,
@@ -139,6 +140,7 @@ async fn tick(sinks: &[Arc<dyn Sink>], stopping: bool) {
 }
 
 /// `true` once the sink took everything; `false` if stopped first.
+#[tracing::instrument(level = "debug", name = "deliver", skip_all, fields(sink = sink.name(), batches = batches.len()))]
 async fn deliver_with_retry(
     sink: Arc<dyn Sink>,
     batches: Vec<Arc<Batch>>,

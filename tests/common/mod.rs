@@ -300,3 +300,84 @@ pub fn attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
         .find(|kv| kv["key"] == key)
         .map(|kv| &kv["value"])
 }
+
+/// An OTLP trace request of `traces` traces with `spans` spans each. Span ids encode
+/// `(batch, trace, span)` so a test can tell every span apart.
+pub fn otlp_traces(
+    batch: u32,
+    traces: u32,
+    spans: u32,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let kv = |k: &str, v: any_value::Value| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    };
+    let spans = (0..traces)
+        .flat_map(|t| {
+            (0..spans).map(move |s| {
+                let mut trace_id = [0u8; 16];
+                trace_id[..4].copy_from_slice(&batch.to_be_bytes());
+                trace_id[4..8].copy_from_slice(&t.to_be_bytes());
+                trace_id[15] = 1;
+                let mut span_id = [0u8; 8];
+                span_id[..4].copy_from_slice(&batch.to_be_bytes());
+                span_id[4..6].copy_from_slice(&(t as u16).to_be_bytes());
+                span_id[6..].copy_from_slice(&(s as u16 + 1).to_be_bytes());
+                Span {
+                    trace_id: trace_id.to_vec(),
+                    span_id: span_id.to_vec(),
+                    name: format!("op-{s}"),
+                    kind: if s == 0 { 2 } else { 3 },
+                    start_time_unix_nano: 1_795_000_000_000_000_000,
+                    end_time_unix_nano: 1_795_000_000_001_000_000,
+                    attributes: vec![
+                        kv("http.route", any_value::Value::StringValue("/a/{b}".into())),
+                        kv("n", any_value::Value::IntValue(s as i64)),
+                    ],
+                    ..Default::default()
+                }
+            })
+        })
+        .collect();
+    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv(
+                    "service.name",
+                    any_value::Value::StringValue("load".into()),
+                )],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// POSTs an OTLP protobuf request; returns the status, headers and body.
+pub fn post_protobuf(url: &str, body: Vec<u8>) -> reqwest::blocking::Response {
+    reqwest::blocking::Client::new()
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .expect("POST")
+}
+
+/// Span ids (hex) in what the file sink wrote, with how often each appears.
+pub fn span_id_counts(tw: &Tidewater) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for (_, span) in spans(&tw.sink_lines("traces")) {
+        *seen
+            .entry(span["spanId"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    seen
+}

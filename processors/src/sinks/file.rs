@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -79,6 +79,43 @@ mod erased {
     }
 }
 
+/// Opens `path` for appending after cutting any torn last line: a crash mid-write leaves one,
+/// and its batch was never acknowledged, so the bus delivers it again in full.
+fn open_for_append(path: &Path) -> std::io::Result<File> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        let tail_start = len.saturating_sub(64 * 1024);
+        file.seek(SeekFrom::Start(tail_start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        if tail.last() != Some(&b'\n') {
+            let keep = match tail.iter().rposition(|b| *b == b'\n') {
+                Some(i) => tail_start + i as u64 + 1,
+                // A torn line longer than the tail read: scan the whole file for the last newline.
+                None => last_newline_end(path)?,
+            };
+            tracing::warn!(path = %path.display(), cut = len - keep, "file sink: removed a torn last line left by a crash");
+            file.set_len(keep)?;
+            file.sync_data()?;
+        }
+    }
+    Ok(file)
+}
+
+fn last_newline_end(path: &Path) -> std::io::Result<u64> {
+    let data = std::fs::read(path)?;
+    Ok(data
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i as u64 + 1)
+        .unwrap_or(0))
+}
+
 #[async_trait]
 impl Sink for FileSink {
     fn name(&self) -> &'static str {
@@ -112,10 +149,7 @@ impl Sink for FileSink {
                     std::collections::hash_map::Entry::Vacant(v) => {
                         let path = dir.join(format!("{}.ndjson", signal.label()));
                         v.insert(
-                            OpenOptions::new()
-                                .create(true)
-                                .append(true)
-                                .open(&path)
+                            open_for_append(&path)
                                 .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?,
                         )
                     }
@@ -128,5 +162,27 @@ impl Sink for FileSink {
             Ok(())
         })
         .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traces.ndjson");
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
+        let mut f = open_for_append(&path).unwrap();
+        f.write_all(b"{\"c\":3}\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
+
+        std::fs::write(&path, "no newline at all").unwrap();
+        drop(open_for_append(&path).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
 }

@@ -122,8 +122,8 @@ pub(crate) fn translate(
         stats,
         documents: Vec::new(),
     };
-    for i in 0..nodes.len() {
-        if top[i] && !b.visited[i] {
+    for (i, &is_top) in top.iter().enumerate() {
+        if is_top && !b.visited[i] {
             b.emit_root(i);
         }
     }
