@@ -112,6 +112,15 @@ impl Config {
                 self.collector.batch.max_size
             );
         }
+        self.sinks.validate().map_err(anyhow::Error::msg)?;
+        let emf = &self.sinks.emf;
+        if emf.enabled && emf.dedup_records < self.processor.max_poll_records {
+            anyhow::bail!(
+                "sinks.emf.dedup_records ({}) must be at least processor.max_poll_records ({}): a crash redelivers up to one round",
+                emf.dedup_records,
+                self.processor.max_poll_records
+            );
+        }
         Ok(())
     }
 }

@@ -41,4 +41,14 @@ impl Default for ProcessorConfig {
 pub struct SinksConfig {
     pub file: crate::sinks::file::FileSinkConfig,
     pub xray: crate::sinks::xray::XraySinkConfig,
+    pub emf: crate::sinks::emf::EmfConfig,
+    pub cloudwatch_logs: crate::sinks::cloudwatch_logs::CloudWatchLogsConfig,
+}
+
+impl SinksConfig {
+    /// Checks what serde cannot (templates, regular expressions, AWS limits), naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.emf.validate()?;
+        self.cloudwatch_logs.validate()
+    }
 }
