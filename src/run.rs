@@ -9,7 +9,10 @@ use tidewater_bus::{BusKind, Consumer, Producer};
 use tidewater_collector::Collector;
 use tidewater_processors::runtime::Processor;
 use tidewater_processors::sink::Sink;
+use tidewater_processors::sinks::cloudwatch_logs::CloudWatchLogsSink;
+use tidewater_processors::sinks::emf::EmfSink;
 use tidewater_processors::sinks::file::FileSink;
+use tidewater_processors::sinks::xray::XraySink;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
@@ -73,6 +76,17 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     if config.sinks.file.enabled {
         sinks.push(Arc::new(FileSink::new(config.sinks.file.clone())?));
     }
+    if config.sinks.xray.enabled {
+        sinks.push(Arc::new(XraySink::new(config.sinks.xray.clone())?));
+    }
+    if config.sinks.emf.enabled {
+        sinks.push(Arc::new(EmfSink::new(&config.sinks.emf)?));
+    }
+    if config.sinks.cloudwatch_logs.enabled {
+        sinks.push(Arc::new(CloudWatchLogsSink::new(
+            &config.sinks.cloudwatch_logs,
+        )?));
+    }
     if sinks.is_empty() {
         anyhow::bail!("no sink is enabled: enable at least one under [sinks]");
     }
@@ -87,6 +101,10 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
         lines.push(format!(
             "collector: OTLP/gRPC + events gRPC on {}, OTLP/HTTP + POST /v1/events on {}",
             c.grpc_addr, c.http_addr
+        ));
+        lines.push(format!(
+            "  X-Ray daemon protocol (UDP) on {}",
+            c.xray_udp_addr
         ));
         lines.push(format!(
             "  batches of up to {} items / {} / {:?}, memory limit {}, max request {}",
@@ -126,6 +144,26 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
         ));
         if config.sinks.file.enabled {
             lines.push(format!("  sink file: {}", config.sinks.file.dir.display()));
+        }
+        if config.sinks.xray.enabled {
+            match XraySink::new(config.sinks.xray.clone()) {
+                Ok(sink) => lines.push(format!("  {}", sink.describe())),
+                Err(e) => lines.push(format!("  sink xray: {e}")),
+            }
+        }
+        let emf = &config.sinks.emf;
+        if emf.enabled {
+            lines.push(format!(
+                "  sink emf: namespace {}, {:?} windows, log group {}",
+                emf.namespace, emf.window, emf.log_group
+            ));
+        }
+        let logs = &config.sinks.cloudwatch_logs;
+        if logs.enabled {
+            lines.push(format!(
+                "  sink cloudwatch_logs: group {}, stream {}",
+                logs.log_group, logs.log_stream
+            ));
         }
     }
     lines.push(format!(

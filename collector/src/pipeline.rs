@@ -33,11 +33,12 @@ use crate::partition::{Part, Payload};
 use crate::split::BusBatch;
 
 /// The signals the collector batches, in lane order.
-pub const SIGNALS: [Signal; 4] = [
+pub const SIGNALS: [Signal; 5] = [
     Signal::Traces,
     Signal::Metrics,
     Signal::Logs,
     Signal::Events,
+    Signal::XraySegments,
 ];
 
 type AckResult = Result<(), Arc<str>>;
@@ -451,7 +452,15 @@ pub fn bus_batch(signal: Signal, parts: Vec<Part>) -> BusBatch {
                 })
                 .collect(),
         }),
-        Signal::XraySegments | Signal::Unspecified => unreachable!("not batched by lanes"),
+        Signal::XraySegments => BusBatch::XraySegments(
+            payloads
+                .flat_map(|p| match p {
+                    Payload::XraySegments(docs) => docs,
+                    _ => Vec::new(),
+                })
+                .collect(),
+        ),
+        Signal::Unspecified => unreachable!("not batched by lanes"),
     }
 }
 

@@ -18,12 +18,15 @@ pub enum BusBatch {
     Metrics(ExportMetricsServiceRequest),
     Logs(ExportLogsServiceRequest),
     Events(PublishRequest),
+    /// X-Ray segment documents, one per line on the bus.
+    XraySegments(Vec<String>),
 }
 
 impl BusBatch {
     pub fn encoding(&self) -> Encoding {
         match self {
             BusBatch::Events(_) => Encoding::EventsProto,
+            BusBatch::XraySegments(_) => Encoding::XrayJson,
             _ => Encoding::OtlpProto,
         }
     }
@@ -34,6 +37,15 @@ impl BusBatch {
             BusBatch::Metrics(m) => m.encode_to_vec(),
             BusBatch::Logs(m) => m.encode_to_vec(),
             BusBatch::Events(m) => m.encode_to_vec(),
+            // The UDP receiver made each document a single line.
+            BusBatch::XraySegments(docs) => {
+                let mut text = String::with_capacity(docs.iter().map(|d| d.len() + 1).sum());
+                for d in docs {
+                    text.push_str(d);
+                    text.push('\n');
+                }
+                text.into_bytes()
+            }
         }
     }
 
@@ -60,6 +72,7 @@ impl BusBatch {
                 .map(|s| s.log_records.len())
                 .sum(),
             BusBatch::Events(m) => m.events.len(),
+            BusBatch::XraySegments(docs) => docs.len(),
         }
     }
 
@@ -101,6 +114,10 @@ impl BusBatch {
                 pair(m.events, b, |v| {
                     BusBatch::Events(PublishRequest { events: v })
                 })
+            }
+            BusBatch::XraySegments(mut docs) => {
+                let b = docs.split_off(docs.len() / 2);
+                pair(docs, b, BusBatch::XraySegments)
             }
         }
     }

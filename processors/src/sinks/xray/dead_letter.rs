@@ -1,0 +1,67 @@
+//! Documents X-Ray will never take, kept with the reason where an operator can look.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::retry::Rejection;
+
+pub struct DeadLetter {
+    path: PathBuf,
+}
+
+impl DeadLetter {
+    pub fn new(path: PathBuf) -> DeadLetter {
+        DeadLetter { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one JSON line per rejection and syncs, before the round may be checkpointed.
+    pub async fn write(&self, rejections: Vec<Rejection>) -> anyhow::Result<()> {
+        if rejections.is_empty() {
+            return Ok(());
+        }
+        let codes: Vec<String> = rejections.iter().map(|r| r.code.clone()).collect();
+        let now = chrono::Utc::now().to_rfc3339();
+        let mut text = String::new();
+        for r in rejections {
+            tracing::warn!(code = %r.code, reason = %r.message, id = r.doc.id.as_deref(), trace_id = r.doc.trace_id.as_deref(), "X-Ray rejected a segment document; dead-lettered");
+            let line = json!({
+                "time": now,
+                "sink": "xray",
+                "code": r.code,
+                "reason": r.message,
+                "id": r.doc.id,
+                "trace_id": r.doc.trace_id,
+                "document": r.doc.body,
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_data()?;
+            Ok(())
+        })
+        .await??;
+        // Counted once written: a failed write fails the delivery, which finds them again.
+        for code in codes {
+            metrics::counter!("tidewater_xray_dead_letter_documents_total", "code" => code)
+                .increment(1);
+        }
+        Ok(())
+    }
+}
