@@ -9,6 +9,7 @@ use tidewater_bus::{BusKind, Consumer, Producer};
 use tidewater_collector::Collector;
 use tidewater_processors::runtime::Processor;
 use tidewater_processors::sink::Sink;
+use tidewater_processors::sinks::elasticsearch::ElasticsearchSink;
 use tidewater_processors::sinks::file::FileSink;
 use tidewater_processors::sinks::xray::XraySink;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,12 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     if config.sinks.xray.enabled {
         sinks.push(Arc::new(XraySink::new(config.sinks.xray.clone())?));
     }
+    if config.sinks.elasticsearch.enabled {
+        sinks.push(Arc::new(ElasticsearchSink::new(
+            config.sinks.elasticsearch.clone(),
+            &config.processor.dead_letter_dir,
+        )?));
+    }
     if sinks.is_empty() {
         anyhow::bail!("no sink is enabled: enable at least one under [sinks]");
     }
@@ -115,6 +122,21 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
                 Ok(sink) => lines.push(format!("  {}", sink.describe())),
                 Err(e) => lines.push(format!("  sink xray: {e}")),
             }
+        }
+        let es = &config.sinks.elasticsearch;
+        if es.enabled {
+            lines.push(format!(
+                "  sink elasticsearch: {} ({:?}, events {:?}{}, auth {:?})",
+                es.url,
+                es.layout,
+                es.events_index,
+                if es.logs {
+                    format!(", logs {:?}", es.logs_index)
+                } else {
+                    String::new()
+                },
+                es.auth.kind
+            ));
         }
     }
     lines.push(format!(

@@ -41,4 +41,5 @@ impl Default for ProcessorConfig {
 pub struct SinksConfig {
     pub file: crate::sinks::file::FileSinkConfig,
     pub xray: crate::sinks::xray::XraySinkConfig,
+    pub elasticsearch: crate::sinks::elasticsearch::ElasticsearchSinkConfig,
 }
