@@ -402,3 +402,91 @@ fn events_over_grpc_and_http_land_typed_and_answer_the_analysts() {
         "{metrics}"
     );
 }
+
+#[test]
+fn otel_sdk_logs_are_indexed_when_configured() {
+    let osmem = peers::elasticsearch();
+    let es = Es::new(&osmem.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = es_env(&osmem.endpoint());
+    env.push(("TIDEWATER_SINKS__ELASTICSEARCH__LOGS", "true".into()));
+    let tw = Tidewater::up(dir.path(), &env);
+
+    let sent = run_otel_app(
+        "grpc",
+        &tw.grpc_url(),
+        &["--service", "shop-logs", "--traces", "2", "--logs", "15"],
+    );
+    assert_eq!(sent["export_failures"]["logs"], 0, "{sent}");
+    es.wait_count("tidewater-logs", 15, || tw.log());
+
+    // Each record once, searchable by its text, with its severity, service and attributes.
+    let docs: Vec<Value> = es
+        .sources("tidewater-logs")
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let mut messages: Vec<&str> = docs
+        .iter()
+        .map(|d| d["message"].as_str().unwrap())
+        .collect();
+    messages.sort();
+    let mut want: Vec<&str> = sent["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    want.sort();
+    assert_eq!(messages, want);
+    for d in &docs {
+        assert_eq!(d["severity_text"], "INFO", "{d}");
+        assert_eq!(d["severity_number"], 9);
+        assert_eq!(d["service"]["name"], "shop-logs");
+        assert_eq!(d["resource"]["attributes"]["service.name"], "shop-logs");
+        assert!(d["attributes"]["order.id"].is_i64(), "{d}");
+        assert!(d["@timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    let hits = es.search(
+        "tidewater-logs",
+        json!({"query": {"bool": {"filter": [
+            {"match": {"message": "order 7"}},
+            {"term": {"service.name": "shop-logs"}},
+            {"range": {"severity_number": {"gte": 9}}}
+        ]}}}),
+    );
+    let texts: Vec<&str> = hits["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["_source"]["message"].as_str().unwrap())
+        .filter(|m| m.starts_with("order 7 "))
+        .collect();
+    assert_eq!(texts, ["order 7 placed by shop-logs"]);
+
+    let index = es
+        .get("/_alias/tidewater-logs")
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    assert!(index.starts_with("tidewater-logs-"), "{index}");
+    for (field, ty) in [
+        ("@timestamp", "date_nanos"),
+        ("severity_text", "keyword"),
+        ("severity_number", "integer"),
+        ("message", "text"),
+        ("service.name", "keyword"),
+        ("trace_id", "keyword"),
+    ] {
+        let mapping = es.field_mapping(&index, field);
+        assert!(
+            mapping["type"] == ty || (field == "trace_id" && mapping.is_null()),
+            "{field}: {mapping}"
+        );
+    }
+    // Events still go to their own index only.
+    assert_eq!(es.count("tidewater-events"), 0);
+}
