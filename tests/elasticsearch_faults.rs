@@ -15,6 +15,34 @@ use serde_json::{json, Value};
 
 const EVENTS: &str = "tidewater-events";
 
+/// The stand-in, the proxy in front of it, and `tidewater up` writing through the proxy.
+/// Bind every field (`_osmem` too: `..` would drop it at once), Tidewater last so it drops
+/// first.
+struct Stack {
+    tw: Tidewater,
+    es: Es,
+    proxy: BulkProxy,
+    dir: tempfile::TempDir,
+    _osmem: peers::Peer,
+}
+
+impl Stack {
+    fn up(extra_env: &[(&'static str, String)]) -> Stack {
+        let osmem = peers::elasticsearch();
+        let proxy = BulkProxy::start(&osmem.endpoint());
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = es_env(&proxy.url());
+        env.extend_from_slice(extra_env);
+        Stack {
+            tw: Tidewater::up(dir.path(), &env),
+            es: Es::new(&osmem.endpoint()),
+            proxy,
+            dir,
+            _osmem: osmem,
+        }
+    }
+}
+
 /// Publishes `events` (`(message_id, user, properties)`) over HTTP, all on 2026-11-01.
 fn publish(tw: &Tidewater, events: &[(String, &str, Value)]) {
     let body: Vec<Value> = events
@@ -40,11 +68,13 @@ fn ids(range: std::ops::Range<usize>) -> Vec<String> {
 
 #[test]
 fn partial_bulk_failure_retries_only_the_429s_and_dead_letters_the_conflict() {
-    let osmem = peers::elasticsearch();
-    let es = Es::new(&osmem.endpoint());
-    let proxy = BulkProxy::start(&osmem.endpoint());
-    let dir = tempfile::tempdir().unwrap();
-    let tw = Tidewater::up(dir.path(), &es_env(&proxy.url()));
+    let Stack {
+        _osmem,
+        dir,
+        proxy,
+        es,
+        tw,
+    } = Stack::up(&[]);
 
     // The day's index learns `properties.total` as a number.
     publish(&tw, &[("seed".into(), "u-1", json!({"total": 1}))]);
@@ -66,8 +96,7 @@ fn partial_bulk_failure_retries_only_the_429s_and_dead_letters_the_conflict() {
         .collect();
     publish(&tw, &batch);
     es.wait_count(EVENTS, 10, || tw.log());
-    let dead = Es::new(&osmem.endpoint());
-    dead.wait_count("tidewater-dead-letter", 1, || tw.log());
+    es.wait_count("tidewater-dead-letter", 1, || tw.log());
 
     // Exactly the throttled items were sent again, alone; the conflict was not retried.
     let bulks: Vec<Vec<String>> = proxy
@@ -165,11 +194,13 @@ fn partial_bulk_failure_retries_only_the_429s_and_dead_letters_the_conflict() {
 
 #[test]
 fn replay_after_a_crash_between_indexing_and_checkpoint_duplicates_nothing() {
-    let osmem = peers::elasticsearch();
-    let es = Es::new(&osmem.endpoint());
-    let proxy = BulkProxy::start(&osmem.endpoint());
-    let dir = tempfile::tempdir().unwrap();
-    let mut tw = Tidewater::up(dir.path(), &es_env(&proxy.url()));
+    let Stack {
+        _osmem,
+        dir: _dir,
+        proxy,
+        es,
+        mut tw,
+    } = Stack::up(&[]);
 
     // The cluster stores every document, and its answers never come back: the processor is
     // still waiting for them, before its checkpoint, when it is killed.
@@ -223,17 +254,18 @@ fn replay_after_a_crash_between_indexing_and_checkpoint_duplicates_nothing() {
 
 #[test]
 fn signed_requests_for_amazon_opensearch_service() {
-    let osmem = peers::elasticsearch();
-    let es = Es::new(&osmem.endpoint());
-    let proxy = BulkProxy::start(&osmem.endpoint());
-    let dir = tempfile::tempdir().unwrap();
-    let mut env: Vec<(&str, String)> = es_env(&proxy.url());
-    env.push((
+    let mut env = vec![(
         "TIDEWATER_SINKS__ELASTICSEARCH__AUTH__KIND",
-        "aws_sigv4".into(),
-    ));
+        "aws_sigv4".to_string(),
+    )];
     env.extend(peers::aws_env("http://127.0.0.1:9"));
-    let tw = Tidewater::up(dir.path(), &env);
+    let Stack {
+        _osmem,
+        dir: _dir,
+        proxy,
+        es,
+        tw,
+    } = Stack::up(&env);
 
     publish(&tw, &[("s-1".into(), "u-1", json!({"total": 1}))]);
     es.wait_count(EVENTS, 1, || tw.log());
