@@ -1,6 +1,7 @@
 //! The Elasticsearch sink under failure, through a fault-injecting proxy in front of the real
 //! stand-in: item-level 429s and a type conflict in one bulk, whole-request 503s, a crash
-//! after indexing but before checkpointing, and signed requests.
+//! after indexing but before checkpointing; and authentication (SigV4, basic) and TLS with a
+//! custom CA.
 
 mod common;
 
@@ -278,4 +279,58 @@ fn signed_requests_for_amazon_opensearch_service() {
         "{auth}"
     );
     assert_eq!(bulk.headers["x-amz-content-sha256"].len(), 64);
+}
+
+#[test]
+fn basic_auth_header_is_sent() {
+    let env = vec![
+        (
+            "TIDEWATER_SINKS__ELASTICSEARCH__AUTH__KIND",
+            "basic".to_string(),
+        ),
+        (
+            "TIDEWATER_SINKS__ELASTICSEARCH__AUTH__USERNAME",
+            "ingest".to_string(),
+        ),
+        (
+            "TIDEWATER_SINKS__ELASTICSEARCH__AUTH__PASSWORD",
+            "s3cret".to_string(),
+        ),
+    ];
+    let Stack {
+        _osmem,
+        dir: _dir,
+        proxy,
+        es,
+        tw,
+    } = Stack::up(&env);
+    publish(&tw, &[("b-1".into(), "u-1", json!({"total": 1}))]);
+    es.wait_count(EVENTS, 1, || tw.log());
+    // base64("ingest:s3cret")
+    for bulk in proxy.bulks() {
+        assert_eq!(bulk.headers["authorization"], "Basic aW5nZXN0OnMzY3JldA==");
+    }
+}
+
+#[test]
+fn tls_with_a_custom_ca() {
+    let osmem = peers::elasticsearch();
+    let es = Es::new(&osmem.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let (front, ca) = common::es::tls_front(&osmem.endpoint(), dir.path());
+    let https = format!("https://127.0.0.1:{}", front.port);
+
+    // The front's certificate is trusted by no one but holders of that CA.
+    let untrusted = reqwest::blocking::Client::new().get(&https).send();
+    let error = format!("{:?}", untrusted.unwrap_err());
+    assert!(error.contains("UnknownIssuer"), "{error}");
+
+    let mut env = es_env(&https);
+    env.push((
+        "TIDEWATER_SINKS__ELASTICSEARCH__TLS__CA_FILE",
+        ca.display().to_string(),
+    ));
+    let tw = Tidewater::up(dir.path(), &env);
+    publish(&tw, &[("t-1".into(), "u-1", json!({"total": 1}))]);
+    es.wait_count(EVENTS, 1, || tw.log());
 }

@@ -149,3 +149,21 @@ pub fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .map(|(_, v)| v.parse().unwrap())
         .unwrap_or(0.0)
 }
+
+/// An HTTPS front for `upstream` with a certificate from a throwaway CA; returns the peer
+/// and the CA's PEM file (written into `dir`).
+pub fn tls_front(upstream: &str, dir: &Path) -> (super::peers::Peer, std::path::PathBuf) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/tls_front.py");
+    let ca = dir.join("test-ca.pem");
+    let port = super::free_port();
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
+        .args(["--port", &port.to_string(), "--upstream", upstream])
+        .arg("--ca-out")
+        .arg(&ca);
+    let ca_written = ca.clone();
+    let peer = super::peers::Peer::spawn("tls front", cmd, port, move |p| {
+        ca_written.exists() && std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+    });
+    (peer, ca)
+}
