@@ -334,3 +334,67 @@ fn tls_with_a_custom_ca() {
     publish(&tw, &[("t-1".into(), "u-1", json!({"total": 1}))]);
     es.wait_count(EVENTS, 1, || tw.log());
 }
+
+#[test]
+fn bulk_limits_hold_and_mapping_explosion_is_dead_lettered() {
+    let env = vec![
+        (
+            "TIDEWATER_SINKS__ELASTICSEARCH__BULK__MAX_ACTIONS",
+            "5".to_string(),
+        ),
+        (
+            "TIDEWATER_SINKS__ELASTICSEARCH__BULK__CONCURRENCY",
+            "3".to_string(),
+        ),
+        (
+            "TIDEWATER_SINKS__ELASTICSEARCH__TOTAL_FIELDS_LIMIT",
+            "60".to_string(),
+        ),
+    ];
+    let Stack {
+        _osmem,
+        dir,
+        proxy,
+        es,
+        tw,
+    } = Stack::up(&env);
+    proxy.delay(Duration::from_millis(150));
+
+    // 40 events and one with 100 properties, in one round.
+    let mut events: Vec<(String, &str, Value)> = ids(0..40)
+        .into_iter()
+        .map(|id| (id, "u-1", json!({"total": 1})))
+        .collect();
+    let wide: serde_json::Map<String, Value> =
+        (0..100).map(|i| (format!("p{i}"), json!(i))).collect();
+    events.push(("wide".into(), "u-1", Value::Object(wide)));
+    publish(&tw, &events);
+    es.wait_count(EVENTS, 40, || tw.log());
+    es.wait_count("tidewater-dead-letter", 1, || tw.log());
+
+    // Requests of at most 5 documents, 3 at a time.
+    let mut sizes: Vec<usize> = proxy
+        .bulks()
+        .iter()
+        .map(|b| b.ids_in(EVENTS).len())
+        .filter(|n| *n > 0)
+        .collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(sizes, [5, 5, 5, 5, 5, 5, 5, 5, 1], "{sizes:?}");
+    assert_eq!(proxy.max_in_flight(), 3);
+
+    // The event that would take the index past its field limit is dead-lettered with why.
+    let file = dir
+        .path()
+        .join("tidewater-data/dead-letter/elasticsearch.ndjson");
+    let letter: Value =
+        serde_json::from_str(std::fs::read_to_string(file).unwrap().trim()).unwrap();
+    assert_eq!(letter["document_id"], "wide");
+    assert!(
+        letter["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Limit of total fields [60]"),
+        "{letter}"
+    );
+}

@@ -4,6 +4,7 @@
 //! - answers chosen documents with an item-level 429 the first time they come (the rest of
 //!   the same bulk goes to the cluster and its real item results are merged back in order);
 //! - answers the next N `_bulk` requests with a whole-request 503, forwarding nothing;
+//! - holds each `_bulk` a while (and counts how many it holds at once);
 //! - forwards `_bulk` requests but never answers them: the documents are stored and the
 //!   client never learns it (a crash between indexing and checkpointing).
 
@@ -23,6 +24,13 @@ struct Faults {
     throttle_once: HashSet<String>,
     fail_requests: u32,
     swallow_responses: bool,
+    delay: Duration,
+}
+
+#[derive(Default)]
+struct InFlight {
+    now: usize,
+    max: usize,
 }
 
 /// One `_bulk` request as received: `(index, _id)` per action, and its headers.
@@ -47,6 +55,7 @@ struct Shared {
     http: reqwest::Client,
     faults: Mutex<Faults>,
     seen: Mutex<Vec<SeenBulk>>,
+    in_flight: Mutex<InFlight>,
 }
 
 pub struct BulkProxy {
@@ -67,6 +76,7 @@ impl BulkProxy {
             http: reqwest::Client::new(),
             faults: Mutex::default(),
             seen: Mutex::default(),
+            in_flight: Mutex::default(),
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -102,6 +112,16 @@ impl BulkProxy {
         self.shared.faults.lock().unwrap().swallow_responses = on;
     }
 
+    /// Hold every `_bulk` this long before forwarding it, so concurrent requests overlap.
+    pub fn delay(&self, delay: Duration) {
+        self.shared.faults.lock().unwrap().delay = delay;
+    }
+
+    /// Most `_bulk` requests that were in the proxy at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.in_flight.lock().unwrap().max
+    }
+
     pub fn bulks(&self) -> Vec<SeenBulk> {
         self.shared.seen.lock().unwrap().clone()
     }
@@ -116,7 +136,16 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     if parts.uri.path().ends_with("/_bulk") {
-        return bulk(&shared, &path, parts.headers, body).await;
+        {
+            let mut f = shared.in_flight.lock().unwrap();
+            f.now += 1;
+            f.max = f.max.max(f.now);
+        }
+        let delay = shared.faults.lock().unwrap().delay;
+        tokio::time::sleep(delay).await;
+        let response = bulk(&shared, &path, parts.headers, body).await;
+        shared.in_flight.lock().unwrap().now -= 1;
+        return response;
     }
     let (status, bytes) = send(&shared, parts.method.as_str(), &path, &parts.headers, body).await;
     (status, bytes).into_response()
