@@ -264,17 +264,16 @@ pub fn log_time(record: &LogRecord) -> Option<DateTime<Utc>> {
         .map(|n| DateTime::<Utc>::from_timestamp_nanos(n.min(i64::MAX as u64) as i64))
 }
 
-/// An OTLP string value, for building inputs in tests and benches.
-pub fn string_value(s: &str) -> Option<AnyValue> {
-    Some(AnyValue {
-        value: Some(any_value::Value::StringValue(s.into())),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+
+    fn string_value(s: &str) -> Option<AnyValue> {
+        Some(AnyValue {
+            value: Some(any_value::Value::StringValue(s.into())),
+        })
+    }
 
     fn order_completed() -> Event {
         Event {

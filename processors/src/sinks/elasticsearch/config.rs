@@ -179,6 +179,22 @@ impl ElasticsearchSinkConfig {
                 );
             }
         }
+        // Daily indices of one name must not fall under another's `<name>-*` template.
+        let names = [
+            &self.events_index,
+            &self.logs_index,
+            &self.dead_letter_index,
+        ];
+        for a in names {
+            for b in names {
+                if a != b && b.starts_with(&format!("{a}-")) {
+                    anyhow::bail!(
+                        "sinks.elasticsearch index names {a:?} and {b:?} overlap: {b:?} would \
+                         match the template of {a:?}-*"
+                    );
+                }
+            }
+        }
         let a = &self.auth;
         match a.kind {
             AuthKind::Basic if a.username.is_empty() => {
@@ -222,6 +238,9 @@ mod tests {
         c.bulk.max_bytes = ByteSize::mib(500);
         assert!(c.validate().unwrap_err().to_string().contains("max_bytes"));
         c.bulk.max_bytes = ByteSize::mib(5);
+        c.logs_index = "events-logs".into();
+        assert!(c.validate().unwrap_err().to_string().contains("overlap"));
+        c.logs_index = "logs".into();
         c.auth.kind = AuthKind::Basic;
         assert!(c.validate().unwrap_err().to_string().contains("username"));
     }
