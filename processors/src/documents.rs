@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
@@ -267,6 +267,7 @@ pub fn log_time(record: &LogRecord) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
     use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
 
     fn string_value(s: &str) -> Option<AnyValue> {
