@@ -253,6 +253,20 @@ fn replay_after_a_crash_between_indexing_and_checkpoint_duplicates_nothing() {
     assert_eq!(got, want);
 }
 
+/// Headers of every `_bulk` Tidewater sends to index one event under `auth_env`.
+fn bulk_headers_with(auth_env: &[(&'static str, String)]) -> Vec<axum::http::HeaderMap> {
+    let Stack {
+        _osmem,
+        dir: _dir,
+        proxy,
+        es,
+        tw,
+    } = Stack::up(auth_env);
+    publish(&tw, &[("a-1".into(), "u-1", json!({"total": 1}))]);
+    es.wait_count(EVENTS, 1, || tw.log());
+    proxy.bulks().into_iter().map(|b| b.headers).collect()
+}
+
 #[test]
 fn signed_requests_for_amazon_opensearch_service() {
     let mut env = vec![(
@@ -260,55 +274,29 @@ fn signed_requests_for_amazon_opensearch_service() {
         "aws_sigv4".to_string(),
     )];
     env.extend(peers::aws_env("http://127.0.0.1:9"));
-    let Stack {
-        _osmem,
-        dir: _dir,
-        proxy,
-        es,
-        tw,
-    } = Stack::up(&env);
-
-    publish(&tw, &[("s-1".into(), "u-1", json!({"total": 1}))]);
-    es.wait_count(EVENTS, 1, || tw.log());
-    let bulk = proxy.bulks().pop().unwrap();
-    let auth = bulk.headers["authorization"].to_str().unwrap();
-    assert!(
-        auth.starts_with("AWS4-HMAC-SHA256 Credential=testing/")
-            && auth.contains("/us-east-1/es/aws4_request")
-            && auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date"),
-        "{auth}"
-    );
-    assert_eq!(bulk.headers["x-amz-content-sha256"].len(), 64);
+    for headers in bulk_headers_with(&env) {
+        let auth = headers["authorization"].to_str().unwrap();
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=testing/")
+                && auth.contains("/us-east-1/es/aws4_request")
+                && auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date"),
+            "{auth}"
+        );
+        assert_eq!(headers["x-amz-content-sha256"].len(), 64);
+    }
 }
 
 #[test]
 fn basic_auth_header_is_sent() {
-    let env = vec![
-        (
-            "TIDEWATER_SINKS__ELASTICSEARCH__AUTH__KIND",
-            "basic".to_string(),
-        ),
-        (
-            "TIDEWATER_SINKS__ELASTICSEARCH__AUTH__USERNAME",
-            "ingest".to_string(),
-        ),
-        (
-            "TIDEWATER_SINKS__ELASTICSEARCH__AUTH__PASSWORD",
-            "s3cret".to_string(),
-        ),
-    ];
-    let Stack {
-        _osmem,
-        dir: _dir,
-        proxy,
-        es,
-        tw,
-    } = Stack::up(&env);
-    publish(&tw, &[("b-1".into(), "u-1", json!({"total": 1}))]);
-    es.wait_count(EVENTS, 1, || tw.log());
-    // base64("ingest:s3cret")
-    for bulk in proxy.bulks() {
-        assert_eq!(bulk.headers["authorization"], "Basic aW5nZXN0OnMzY3JldA==");
+    let env = [
+        ("TIDEWATER_SINKS__ELASTICSEARCH__AUTH__KIND", "basic"),
+        ("TIDEWATER_SINKS__ELASTICSEARCH__AUTH__USERNAME", "ingest"),
+        ("TIDEWATER_SINKS__ELASTICSEARCH__AUTH__PASSWORD", "s3cret"),
+    ]
+    .map(|(k, v)| (k, v.to_string()));
+    for headers in bulk_headers_with(&env) {
+        // base64("ingest:s3cret")
+        assert_eq!(headers["authorization"], "Basic aW5nZXN0OnMzY3JldA==");
     }
 }
 
