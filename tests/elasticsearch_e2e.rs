@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::es::{analyst_queries, es_env, metric, Es};
+use common::es::{analyst_queries, es_env, metric, post_events, Es};
 use common::peers;
 use common::*;
 use serde_json::{json, Value};
@@ -219,7 +219,6 @@ fn events_over_grpc_and_http_land_typed_and_answer_the_analysts() {
     });
     assert_eq!((response.accepted, response.rejected.len()), (14, 0));
 
-    let http = reqwest::blocking::Client::new();
     let mut body: Vec<Value> = day2
         .iter()
         .map(|(id, user, _, name, at, props)| {
@@ -227,13 +226,7 @@ fn events_over_grpc_and_http_land_typed_and_answer_the_analysts() {
         })
         .collect();
     body.push(body[2].clone());
-    let resp = http
-        .post(tw.http_url("/v1/events"))
-        .json(&json!({ "events": body }))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().unwrap()["accepted"], 4);
+    assert_eq!(post_events(&tw, &body)["accepted"], 4);
 
     // Every distinct event exactly once, in its own day's index, all behind the alias.
     es.wait_count("tidewater-events", 17, || tw.log());

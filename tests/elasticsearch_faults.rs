@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::bulk_proxy::BulkProxy;
-use common::es::{es_env, metric, Es};
+use common::es::{es_env, metric, post_events, Es};
 use common::peers;
 use common::*;
 use serde_json::{json, Value};
@@ -53,13 +53,7 @@ fn publish(tw: &Tidewater, events: &[(String, &str, Value)]) {
                    "timestamp": "2026-11-01T12:00:00Z", "properties": props})
         })
         .collect();
-    let resp = reqwest::blocking::Client::new()
-        .post(tw.http_url("/v1/events"))
-        .json(&json!({ "events": body }))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let answer: Value = resp.json().unwrap();
+    let answer = post_events(tw, &body);
     assert_eq!(answer["accepted"], events.len(), "{answer}");
 }
 

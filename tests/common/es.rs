@@ -167,3 +167,14 @@ pub fn tls_front(upstream: &str, dir: &Path) -> (super::peers::Peer, std::path::
     });
     (peer, ca)
 }
+
+/// `POST /v1/events` with `events` (JSON event objects); asserts 200 and returns the answer.
+pub fn post_events(tw: &super::Tidewater, events: &[Value]) -> Value {
+    let resp = reqwest::blocking::Client::new()
+        .post(tw.http_url("/v1/events"))
+        .json(&json!({ "events": events }))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().unwrap()
+}
