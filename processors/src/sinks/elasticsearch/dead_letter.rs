@@ -2,7 +2,6 @@
 //! `elasticsearch.ndjson` in the processor's dead-letter directory first, then indexed into
 //! the dead-letter index where analysts and operators can search them.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -57,21 +56,7 @@ impl DeadLetterFile {
             text.push('\n');
         }
         let _one_writer = self.lock.lock().await;
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_data()?;
-            Ok(())
-        })
-        .await?
+        crate::ndjson::append_synced(self.path.clone(), text).await
     }
 }
 
