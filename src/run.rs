@@ -10,6 +10,7 @@ use tidewater_collector::Collector;
 use tidewater_processors::runtime::Processor;
 use tidewater_processors::sink::Sink;
 use tidewater_processors::sinks::cloudwatch_logs::CloudWatchLogsSink;
+use tidewater_processors::sinks::elasticsearch::ElasticsearchSink;
 use tidewater_processors::sinks::emf::EmfSink;
 use tidewater_processors::sinks::file::FileSink;
 use tidewater_processors::sinks::xray::XraySink;
@@ -85,6 +86,12 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     if config.sinks.cloudwatch_logs.enabled {
         sinks.push(Arc::new(CloudWatchLogsSink::new(
             &config.sinks.cloudwatch_logs,
+        )?));
+    }
+    if config.sinks.elasticsearch.enabled {
+        sinks.push(Arc::new(ElasticsearchSink::new(
+            config.sinks.elasticsearch.clone(),
+            &config.processor.dead_letter_dir,
         )?));
     }
     if sinks.is_empty() {
@@ -163,6 +170,21 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
             lines.push(format!(
                 "  sink cloudwatch_logs: group {}, stream {}",
                 logs.log_group, logs.log_stream
+            ));
+        }
+        let es = &config.sinks.elasticsearch;
+        if es.enabled {
+            lines.push(format!(
+                "  sink elasticsearch: {} ({:?}, events {:?}{}, auth {:?})",
+                es.url,
+                es.layout,
+                es.events_index,
+                if es.logs {
+                    format!(", logs {:?}", es.logs_index)
+                } else {
+                    String::new()
+                },
+                es.auth.kind
             ));
         }
     }

@@ -1,1 +1,3 @@
 //! Benchmarks live in `benches/benches/`; the load generator in `src/bin/`.
+
+pub mod es;

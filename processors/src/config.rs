@@ -41,6 +41,7 @@ impl Default for ProcessorConfig {
 pub struct SinksConfig {
     pub file: crate::sinks::file::FileSinkConfig,
     pub xray: crate::sinks::xray::XraySinkConfig,
+    pub elasticsearch: crate::sinks::elasticsearch::ElasticsearchSinkConfig,
     pub emf: crate::sinks::emf::EmfConfig,
     pub cloudwatch_logs: crate::sinks::cloudwatch_logs::CloudWatchLogsConfig,
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decode;
 pub mod documents;
 pub mod emf;
+pub mod ndjson;
 pub mod runtime;
 pub mod sink;
 pub mod sinks;

@@ -3,6 +3,8 @@
 //! readers for what the file sink wrote.
 #![allow(dead_code)]
 
+pub mod bulk_proxy;
+pub mod es;
 pub mod peers;
 
 use std::net::TcpListener;

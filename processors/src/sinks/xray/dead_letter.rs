@@ -1,6 +1,5 @@
 //! Documents X-Ray will never take, kept with the reason where an operator can look.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -42,21 +41,7 @@ impl DeadLetter {
             text.push_str(&line.to_string());
             text.push('\n');
         }
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_data()?;
-            Ok(())
-        })
-        .await??;
+        crate::ndjson::append_synced(self.path.clone(), text).await?;
         // Counted once written: a failed write fails the delivery, which finds them again.
         for code in codes {
             metrics::counter!("tidewater_xray_dead_letter_documents_total", "code" => code)
