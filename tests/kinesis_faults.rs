@@ -39,14 +39,7 @@ fn only_the_records_that_failed_are_sent_again() {
         .map(|i| Bytes::from(format!("record-{i:03}")))
         .collect();
     rt.block_on(async {
-        direct
-            .create_stream()
-            .stream_name("faults")
-            .shard_count(2)
-            .send()
-            .await
-            .unwrap();
-        wait_active(&direct, "faults").await;
+        create_stream(&direct, "faults", 2).await;
         let producer = KinesisProducer::start(through_proxy, config).await.unwrap();
         let key = PartitionKey::for_partition(1, 2);
         producer
@@ -224,14 +217,7 @@ fn a_full_spool_pushes_back_by_default_or_drops_when_told() {
     let direct = kinesis_client(&kinesis.endpoint());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        direct
-            .create_stream()
-            .stream_name("full")
-            .shard_count(1)
-            .send()
-            .await
-            .unwrap();
-        wait_active(&direct, "full").await;
+        create_stream(&direct, "full", 1).await;
     });
     for policy in [SpoolFullPolicy::PushBack, SpoolFullPolicy::Drop] {
         proxy.set_down(false);
@@ -298,14 +284,7 @@ fn expired_iterators_and_throttling_neither_skip_nor_repeat_records() {
     config.retry_initial = Duration::from_millis(50);
     let want: Vec<String> = (0..100).map(|i| format!("r{i:03}")).collect();
     rt.block_on(async {
-        direct
-            .create_stream()
-            .stream_name("iter")
-            .shard_count(1)
-            .send()
-            .await
-            .unwrap();
-        wait_active(&direct, "iter").await;
+        create_stream(&direct, "iter", 1).await;
         for w in &want {
             direct
                 .put_record()

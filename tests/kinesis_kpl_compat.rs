@@ -68,14 +68,7 @@ fn our_aggregates_deaggregate_with_the_reference_library() {
         })
         .collect();
     rt.block_on(async {
-        client
-            .create_stream()
-            .stream_name("agg")
-            .shard_count(3)
-            .send()
-            .await
-            .unwrap();
-        wait_active(&client, "agg").await;
+        create_stream(&client, "agg", 3).await;
         let producer = KinesisProducer::start(client.clone(), config("agg", spool.path()))
             .await
             .unwrap();
@@ -152,14 +145,7 @@ fn reference_aggregates_are_read_by_our_consumer_and_resumed_mid_aggregate() {
 
     let c = config("kpl", spool.path());
     rt.block_on(async {
-        client
-            .create_stream()
-            .stream_name("kpl")
-            .shard_count(1)
-            .send()
-            .await
-            .unwrap();
-        wait_active(&client, "kpl").await;
+        create_stream(&client, "kpl", 1).await;
         for a in aggregates {
             client
                 .put_record()

@@ -63,16 +63,7 @@ impl Peers {
     }
 
     pub fn create_stream(&self, name: &str, shards: i32) {
-        self.rt.block_on(async {
-            self.client
-                .create_stream()
-                .stream_name(name)
-                .shard_count(shards)
-                .send()
-                .await
-                .unwrap();
-            wait_active(&self.client, name).await;
-        });
+        self.rt.block_on(create_stream(&self.client, name, shards));
     }
 
     /// Every record the stream holds, shard by shard from the oldest, as stored.
@@ -101,6 +92,17 @@ pub fn kinesis_client(endpoint: &str) -> Client {
         .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
         .build();
     Client::from_conf(config)
+}
+
+pub async fn create_stream(client: &Client, name: &str, shards: i32) {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .unwrap();
+    wait_active(client, name).await;
 }
 
 pub async fn wait_active(client: &Client, name: &str) {
