@@ -10,9 +10,11 @@
 pub mod aggregation;
 pub mod config;
 pub mod consumer;
+mod coordinator;
 mod error;
 pub mod leases;
 pub mod producer;
+mod reader;
 pub mod shards;
 pub mod spool;
 
