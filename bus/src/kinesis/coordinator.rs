@@ -11,9 +11,9 @@ use tokio::time::Instant;
 
 use super::consumer::{lost, Held, Shared, BUS_LABEL};
 use super::leases::{self, Checkpoint, Lease, Observations};
-use super::producer::jittered;
 use super::reader::Reader;
 use super::shards::list_shards;
+use super::throttle::jittered;
 use crate::{BusError, Position};
 
 /// Renews, syncs shards, takes leases; every third of a lease duration.

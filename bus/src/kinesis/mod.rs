@@ -1,11 +1,13 @@
 //! Kinesis Data Streams as the bus.
 //!
-//! - [`producer`]: the collector's side. PutRecords within the service limits, KPL
-//!   aggregation ([`aggregation`]), retry of only the failed records, per-shard adaptive
-//!   throttling, and the disk [`spool`] for when the stream cannot take data in time.
+//! - [`producer`]: the collector's side, batching every lane's publishes; [`put`] sends them
+//!   with PutRecords within the service limits, KPL aggregation ([`aggregation`]), retry of
+//!   only the failed records and per-shard adaptive throttling (`throttle`); the disk
+//!   [`spool`] takes what the stream cannot take in time.
 //! - [`consumer`]: the processors' side. Shards ([`shards`]) are shared among processors by
-//!   leases in DynamoDB ([`leases`]), read with GetRecords within the per-shard limits,
-//!   de-aggregated, and checkpointed (sequence number plus sub-sequence) in the lease table.
+//!   leases in DynamoDB ([`leases`], kept by the `coordinator`), read with GetRecords within
+//!   the per-shard limits (`reader`), de-aggregated, and checkpointed (sequence number plus
+//!   sub-sequence) in the lease table.
 
 pub mod aggregation;
 pub mod config;
@@ -14,9 +16,11 @@ mod coordinator;
 mod error;
 pub mod leases;
 pub mod producer;
+pub mod put;
 mod reader;
 pub mod shards;
 pub mod spool;
+mod throttle;
 
 pub use config::KinesisConfig;
 pub use consumer::KinesisConsumer;

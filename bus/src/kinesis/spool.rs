@@ -19,7 +19,8 @@ use tokio::time::Instant;
 
 use super::aggregation::UserRecord;
 use super::config::{SpoolConfig, SpoolFullPolicy};
-use super::producer::{jittered, Fate, Putter};
+use super::put::{Fate, Putter};
+use super::throttle::jittered;
 use crate::config::{EmbeddedConfig, FsyncPolicy};
 use crate::embedded::{EmbeddedConsumer, EmbeddedLog, EmbeddedProducer};
 use crate::{Ack, BusError, Consumer, PartitionKey, Position, Producer};
