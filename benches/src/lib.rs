@@ -8,6 +8,8 @@
 //! This library holds what they share: the generated workload and the wire details.
 
 pub mod null_server;
+pub mod procfs;
 pub mod raw_grpc;
+pub mod report;
 pub mod requests;
 pub mod workload;

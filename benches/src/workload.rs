@@ -691,12 +691,12 @@ mod tests {
     fn same_seed_same_requests() {
         let a = Generator {
             rng: StdRng::seed_from_u64(1),
-            now: 1,
+            now: 1_700_000_000_000_000_000,
         }
         .traces(20);
         let b = Generator {
             rng: StdRng::seed_from_u64(1),
-            now: 1,
+            now: 1_700_000_000_000_000_000,
         }
         .traces(20);
         assert_eq!(a, b);

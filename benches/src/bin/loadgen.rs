@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -62,9 +62,13 @@ struct Args {
     /// HTTP/1.1 uses one connection per request in flight.
     #[arg(long)]
     connections: Option<usize>,
-    /// How long to send (at most 10 minutes).
+    /// How long to measure (at most 10 minutes).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// Send this long before measuring, so that connections, buffers and batches are in
+    /// their steady state when the clock starts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    warmup: Duration,
     /// Stop after this many requests.
     #[arg(long)]
     requests: Option<u64>,
@@ -81,7 +85,12 @@ struct Args {
     quiet: bool,
 }
 
+/// When this process started: the summary gives its measurement window relative to it, so a
+/// runner sampling the server can take the same window.
+static PROCESS_START: OnceLock<std::time::Instant> = OnceLock::new();
+
 fn main() -> anyhow::Result<()> {
+    PROCESS_START.get_or_init(std::time::Instant::now);
     let args = Args::parse();
     let duration = args.duration.unwrap_or(if args.null_server.is_some() {
         MAX_DURATION
@@ -89,8 +98,8 @@ fn main() -> anyhow::Result<()> {
         Duration::from_secs(10)
     });
     anyhow::ensure!(
-        duration <= MAX_DURATION,
-        "--duration is at most {MAX_DURATION:?}"
+        duration + args.warmup <= MAX_DURATION,
+        "--duration and --warmup together are at most {MAX_DURATION:?}"
     );
     let threads = args
         .threads
@@ -202,27 +211,57 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-struct Stats {
+/// Answers counted within the measurement window.
+#[derive(Default)]
+struct Counts {
     ok: AtomicU64,
     failed: AtomicU64,
     items_ok: AtomicU64,
     items_rejected: AtomicU64,
-    errors: Mutex<BTreeMap<String, u64>>,
-    /// (whole run, since the last progress line)
-    latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
 }
 
-impl Stats {
-    fn record(&self, outcome: Result<u64, String>, items: u64, latency: Duration) {
+impl Counts {
+    fn add(&self, outcome: &Result<u64, String>, items: u64) {
         match outcome {
             Ok(rejected) => {
                 self.ok.fetch_add(1, Relaxed);
                 self.items_ok
-                    .fetch_add(items.saturating_sub(rejected), Relaxed);
-                self.items_rejected.fetch_add(rejected.min(items), Relaxed);
+                    .fetch_add(items.saturating_sub(*rejected), Relaxed);
+                self.items_rejected
+                    .fetch_add((*rejected).min(items), Relaxed);
             }
-            Err(label) => {
+            Err(_) => {
                 self.failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+struct Stats {
+    /// Every answer, warm-up included: for the progress line.
+    live: Counts,
+    /// Answers within the measurement window: for the summary.
+    window: Counts,
+    /// Errors within the window, by status.
+    errors: Mutex<BTreeMap<String, u64>>,
+    /// (requests due within the window, every request since the last progress line)
+    latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
+}
+
+impl Stats {
+    fn answer(
+        &self,
+        outcome: Result<u64, String>,
+        items: u64,
+        plan: &Plan,
+        due: Instant,
+        answered: Instant,
+    ) {
+        self.live.add(&outcome, items);
+        let counted = (plan.measure_from..=plan.end).contains(&answered);
+        if counted {
+            self.window.add(&outcome, items);
+            if let Err(label) = outcome {
                 *self
                     .errors
                     .lock()
@@ -231,9 +270,11 @@ impl Stats {
                     .or_default() += 1;
             }
         }
-        let micros = (latency.as_micros() as u64).clamp(1, 60_000_000);
+        let micros = ((answered - due).as_micros() as u64).clamp(1, 60_000_000);
         let mut h = self.latency.lock().expect("not poisoned");
-        h.0.saturating_record(micros);
+        if due >= plan.measure_from {
+            h.0.saturating_record(micros);
+        }
         h.1.saturating_record(micros);
     }
 }
@@ -241,6 +282,8 @@ impl Stats {
 /// When each request is due.
 struct Plan {
     start: Instant,
+    /// Answers are counted from here (after the warm-up) to `end`.
+    measure_from: Instant,
     end: Instant,
     /// Requests per second, or flat out.
     rate: Option<f64>,
@@ -331,17 +374,17 @@ async fn run(args: Args, duration: Duration) -> anyhow::Result<()> {
     };
 
     let stats = Arc::new(Stats {
-        ok: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        items_ok: AtomicU64::new(0),
-        items_rejected: AtomicU64::new(0),
+        live: Counts::default(),
+        window: Counts::default(),
         errors: Mutex::new(BTreeMap::new()),
         latency: Mutex::new((histogram(), histogram())),
     });
     let start = Instant::now();
+    let measure_from = start + args.warmup;
     let plan = Arc::new(Plan {
         start,
-        end: start + duration,
+        measure_from,
+        end: measure_from + duration,
         rate: (args.rate > 0.0).then_some(args.rate),
         max_requests: args.requests.unwrap_or(u64::MAX),
         next: AtomicU64::new(0),
@@ -359,7 +402,8 @@ async fn run(args: Args, duration: Duration) -> anyhow::Result<()> {
                         .send(body)
                         .await
                         .map(|answer| requests::rejected_items(signal, protocol, &answer));
-                    stats.record(outcome, items, due.elapsed());
+                    let answered = Instant::now();
+                    stats.answer(outcome, items, &plan, due, answered);
                 }
             })
         })
@@ -375,9 +419,9 @@ async fn run(args: Args, duration: Duration) -> anyhow::Result<()> {
             let (mut last_ok, mut last_items) = (0, 0);
             while !done.load(Relaxed) {
                 tick.tick().await;
-                let ok = stats.ok.load(Relaxed);
-                let items = stats.items_ok.load(Relaxed);
-                let failed = stats.failed.load(Relaxed);
+                let ok = stats.live.ok.load(Relaxed);
+                let items = stats.live.items_ok.load(Relaxed);
+                let failed = stats.live.failed.load(Relaxed);
                 let (p50, p99) = {
                     let mut h = stats.latency.lock().expect("not poisoned");
                     let p = (h.1.value_at_quantile(0.5), h.1.value_at_quantile(0.99));
@@ -399,14 +443,16 @@ async fn run(args: Args, duration: Duration) -> anyhow::Result<()> {
     for w in workers {
         w.await?;
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let window = duration.as_secs_f64();
+    let window_from = measure_from.into_std() - *PROCESS_START.get().expect("set at start");
     done.store(true, Relaxed);
     if let Some(p) = progress {
         p.abort();
     }
 
-    let ok = stats.ok.load(Relaxed);
-    let items_ok = stats.items_ok.load(Relaxed);
+    let ok = stats.window.ok.load(Relaxed);
+    let failed = stats.window.failed.load(Relaxed);
+    let items_ok = stats.window.items_ok.load(Relaxed);
     let h = &stats.latency.lock().expect("not poisoned").0;
     let ms = |us: u64| us as f64 / 1000.0;
     let summary = json!({
@@ -418,16 +464,18 @@ async fn run(args: Args, duration: Duration) -> anyhow::Result<()> {
         "concurrency": args.concurrency,
         "connections": if protocol == Protocol::Grpc { connections } else { args.concurrency },
         "rate_rps": plan.rate,
-        "duration_s": duration.as_secs_f64(),
-        "elapsed_s": elapsed,
-        "requests": ok + stats.failed.load(Relaxed),
+        "warmup_s": args.warmup.as_secs_f64(),
+        // The measurement window, in seconds since this process started.
+        "window_from_s": window_from.as_secs_f64(),
+        "window_s": window,
+        "requests": ok + failed,
         "ok": ok,
-        "failed": stats.failed.load(Relaxed),
+        "failed": failed,
         "items_ok": items_ok,
-        "items_rejected": stats.items_rejected.load(Relaxed),
-        "req_per_s": ok as f64 / elapsed,
-        "items_per_s": items_ok as f64 / elapsed,
-        "mib_per_s": (ok as f64 * request_bytes as f64) / elapsed / (1024.0 * 1024.0),
+        "items_rejected": stats.window.items_rejected.load(Relaxed),
+        "req_per_s": ok as f64 / window,
+        "items_per_s": items_ok as f64 / window,
+        "mib_per_s": (ok as f64 * request_bytes as f64) / window / (1024.0 * 1024.0),
         "latency_ms": {
             "p50": ms(h.value_at_quantile(0.5)),
             "p90": ms(h.value_at_quantile(0.9)),
