@@ -21,6 +21,27 @@ pub fn cpu_seconds(pid: u32) -> std::io::Result<f64> {
     Ok((tick(11) + tick(12)) as f64 / clock_ticks_per_second())
 }
 
+/// Time core `core` spent on anything but idling (user, nice, system, irq, softirq, and
+/// steal: time the hypervisor gave to other machines), in seconds, from `/proc/stat`.
+pub fn core_busy_seconds(core: usize) -> std::io::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let prefix = format!("cpu{core} ");
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .ok_or_else(|| std::io::Error::other(format!("no cpu{core} in /proc/stat")))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| ticks.get(i).copied().unwrap_or(0))
+        .sum();
+    Ok(busy as f64 / clock_ticks_per_second())
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -55,6 +76,8 @@ pub struct Sample {
     pub at: Instant,
     pub cpu_seconds: f64,
     pub rss_kib: u64,
+    /// Busy time of the core the process is pinned to, whoever used it.
+    pub core_busy_seconds: f64,
 }
 
 /// Reads a process's CPU time and RSS every few milliseconds until finished, so that CPU use
@@ -66,7 +89,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(pid: u32, every: Duration) -> Self {
+    pub fn start(pid: u32, core: Option<usize>, every: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
             let stop = stop.clone();
@@ -80,6 +103,9 @@ impl Sampler {
                             at: Instant::now(),
                             cpu_seconds,
                             rss_kib,
+                            core_busy_seconds: core
+                                .and_then(|c| core_busy_seconds(c).ok())
+                                .unwrap_or(0.0),
                         });
                     }
                     if stop.load(Ordering::Relaxed) {
@@ -99,8 +125,8 @@ impl Sampler {
 }
 
 /// CPU cores used between `from` and `to` (1.0 = one core busy), from the samples nearest to
-/// them.
-pub fn cores_between(samples: &[Sample], from: Instant, to: Instant) -> f64 {
+/// them: by the process, and on its core by anyone.
+pub fn cores_between(samples: &[Sample], from: Instant, to: Instant) -> (f64, f64) {
     let nearest = |t: Instant| {
         samples
             .iter()
@@ -108,9 +134,13 @@ pub fn cores_between(samples: &[Sample], from: Instant, to: Instant) -> f64 {
     };
     match (nearest(from), nearest(to)) {
         (Some(a), Some(b)) if b.at > a.at => {
-            (b.cpu_seconds - a.cpu_seconds) / (b.at - a.at).as_secs_f64()
+            let secs = (b.at - a.at).as_secs_f64();
+            (
+                (b.cpu_seconds - a.cpu_seconds) / secs,
+                (b.core_busy_seconds - a.core_busy_seconds) / secs,
+            )
         }
-        _ => 0.0,
+        _ => (0.0, 0.0),
     }
 }
 
@@ -135,12 +165,14 @@ mod tests {
             at: t0 + Duration::from_millis(ms),
             cpu_seconds: cpu,
             rss_kib: 1,
+            core_busy_seconds: 2.0 * cpu,
         };
         let samples = [at(0, 10.0), at(1000, 10.5), at(2000, 11.5), at(3000, 11.5)];
         let ms = |n| t0 + Duration::from_millis(n);
-        assert_eq!(cores_between(&samples, ms(1010), ms(1990)), 1.0);
-        assert_eq!(cores_between(&samples, ms(0), ms(2000)), 0.75);
-        assert_eq!(cores_between(&samples, ms(2000), ms(2000)), 0.0);
-        assert_eq!(cores_between(&[], ms(0), ms(1)), 0.0);
+        assert_eq!(cores_between(&samples, ms(1010), ms(1990)), (1.0, 2.0));
+        assert_eq!(cores_between(&samples, ms(0), ms(2000)), (0.75, 1.5));
+        assert_eq!(cores_between(&samples, ms(2000), ms(2000)), (0.0, 0.0));
+        assert_eq!(cores_between(&[], ms(0), ms(1)), (0.0, 0.0));
+        assert!(core_busy_seconds(0).unwrap() > 0.0);
     }
 }

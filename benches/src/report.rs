@@ -33,6 +33,10 @@ pub struct Row {
     pub errors: BTreeMap<String, u64>,
     /// CPU time of the server over the run, per second of wall time (1.0 = one core busy).
     pub server_cpu_cores: f64,
+    /// CPU other processes took on the server's core over the run: on a shared machine, what
+    /// the server could not have.
+    #[serde(default)]
+    pub others_on_server_core: Option<f64>,
     pub loadgen_cpu_cores: f64,
     /// Peak RSS of the server during the run.
     pub peak_rss_kib: u64,
@@ -179,7 +183,8 @@ impl Report {
         let _ = writeln!(
             w,
             "- CPU: the collector's user + system time from `/proc/PID/stat` over the measured window, per \
-             second (1.00 = one core). Peak RSS: `VmHWM` from `/proc/PID/status`, reset before \
+             second (1.00 = one core); \"others on its core\": what other processes of the shared \
+             machine took on that core meanwhile (`/proc/stat`). Peak RSS: `VmHWM` from `/proc/PID/status`, reset before \
              each point. Ceiling: the same load against `loadgen --null-server`, which accepts \
              without decoding (with TCP_NODELAY, as the collector).\n"
         );
@@ -226,11 +231,11 @@ impl Report {
         let _ = writeln!(w, "## All load points\n");
         let _ = writeln!(
             w,
-            "| server | signal | protocol | in flight | offered items/s | req/s | items/s | of ceiling | server CPU (cores) | items per CPU-s | peak RSS MiB | p50 ms | p99 ms | loadgen CPU | errors |"
+            "| server | signal | protocol | in flight | offered items/s | req/s | items/s | of ceiling | server CPU (cores) | others on its core | items per CPU-s | peak RSS MiB | p50 ms | p99 ms | loadgen CPU | errors |"
         );
         let _ = writeln!(
             w,
-            "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+            "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
         );
         for r in &self.rows {
             let ceiling = match r.target {
@@ -251,7 +256,7 @@ impl Report {
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
                 match r.target {
                     Target::Null => "null",
                     Target::Collector => "collector",
@@ -264,6 +269,8 @@ impl Report {
                 si(r.items_per_s),
                 ceiling,
                 r.server_cpu_cores,
+                r.others_on_server_core
+                    .map_or(String::new(), |c| format!("{c:.2}")),
                 si(r.items_per_cpu_second()),
                 mib(r.peak_rss_kib),
                 r.p50_ms,
@@ -510,6 +517,7 @@ mod tests {
             failed: 0,
             errors: BTreeMap::new(),
             server_cpu_cores: cpu,
+            others_on_server_core: Some(0.1),
             loadgen_cpu_cores: 0.5,
             peak_rss_kib: 20 * 1024,
         }

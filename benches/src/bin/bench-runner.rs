@@ -348,7 +348,12 @@ impl Runner<'_> {
         );
         let addr = if load.protocol == "grpc" { grpc } else { http };
         let peak_reset = procfs::reset_peak(pid);
-        let sampler = Sampler::start(pid, Duration::from_millis(50));
+        let core = if self.pinned {
+            self.args.server_core.parse().ok()
+        } else {
+            None
+        };
+        let sampler = Sampler::start(pid, core, Duration::from_millis(50));
         let started = Instant::now();
         let mut child = self
             .loadgen(addr, load)
@@ -375,6 +380,7 @@ impl Runner<'_> {
         let f = |k: &str| summary[k].as_f64().unwrap_or(0.0);
         let window_from = started + Duration::from_secs_f64(f("window_from_s"));
         let window_to = window_from + Duration::from_secs_f64(f("window_s"));
+        let (server_cores, core_busy) = procfs::cores_between(&samples, window_from, window_to);
         let row = Row {
             target,
             signal: load.signal.into(),
@@ -394,7 +400,8 @@ impl Runner<'_> {
             p99_ms: summary["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
             failed: summary["failed"].as_u64().unwrap_or(0),
             errors: serde_json::from_value(summary["errors"].clone()).unwrap_or_default(),
-            server_cpu_cores: procfs::cores_between(&samples, window_from, window_to),
+            server_cpu_cores: server_cores,
+            others_on_server_core: core.map(|_| (core_busy - server_cores).max(0.0)),
             loadgen_cpu_cores: loadgen_cpu / wall,
             peak_rss_kib: if peak_reset {
                 hwm.max(sampled_peak)
@@ -403,10 +410,11 @@ impl Runner<'_> {
             },
         };
         eprintln!(
-            "   {} {}/s, server {:.2} cores, peak RSS {:.1} MiB, p99 {:.1} ms, loadgen {:.2} cores",
+            "   {} {}/s, server {:.2} cores (others on its core {:.2}), peak RSS {:.1} MiB, p99 {:.1} ms, loadgen {:.2} cores",
             si(row.items_per_s),
             row.item,
             row.server_cpu_cores,
+            row.others_on_server_core.unwrap_or(0.0),
             row.peak_rss_kib as f64 / 1024.0,
             row.p99_ms,
             row.loadgen_cpu_cores
