@@ -218,9 +218,8 @@ impl Report {
         }
         let _ = writeln!(
             w,
-            "| idle RSS | < 10 MiB | {:.1} MiB (RSS kept after load: up to {:.1} MiB) |",
-            mib(self.idle_rss_kib),
-            mib(self.rss_after_kib)
+            "| idle RSS | < 10 MiB | {:.1} MiB |",
+            mib(self.idle_rss_kib)
         );
         let _ = writeln!(w);
         let _ = writeln!(
@@ -297,6 +296,7 @@ impl Report {
         let offered: Vec<Option<f64>> = curve.iter().map(|r| r.offered_items_per_s).collect();
         let achieved: Vec<Option<f64>> = curve.iter().map(|r| Some(r.items_per_s)).collect();
         let cpu: Vec<Option<f64>> = curve.iter().map(|r| Some(r.server_cpu_cores)).collect();
+        let others: Vec<Option<f64>> = curve.iter().map(|r| r.others_on_server_core).collect();
         let rss: Vec<Option<f64>> = curve.iter().map(|r| Some(mib(r.peak_rss_kib))).collect();
 
         let mut chart = Chart::new(760, &labels);
@@ -318,7 +318,10 @@ impl Report {
         );
         chart.panel(
             "Collector CPU (cores; 1.0 = the one core it is pinned to)",
-            &[("CPU", "#d62728", &cpu)],
+            &[
+                ("collector", "#d62728", &cpu),
+                ("others on its core", "#bbb", &others),
+            ],
             &[],
             |v| format!("{v:.2}"),
         );
