@@ -97,6 +97,15 @@ pub fn si(x: f64) -> String {
     }
 }
 
+/// 0.123 -> "12%", 0.0031 -> "0.3%".
+fn percent(ratio: f64) -> String {
+    if ratio < 0.1 {
+        format!("{:.1}%", 100.0 * ratio)
+    } else {
+        format!("{:.0}%", 100.0 * ratio)
+    }
+}
+
 impl Report {
     /// The null-server row measured with the same load as `row`.
     pub fn ceiling(&self, row: &Row) -> Option<&Row> {
@@ -240,7 +249,7 @@ impl Report {
             let ceiling = match r.target {
                 Target::Collector => self
                     .ceiling(r)
-                    .map(|c| format!("{:.0}%", 100.0 * r.items_per_s / c.items_per_s))
+                    .map(|c| percent(r.items_per_s / c.items_per_s))
                     .unwrap_or_default(),
                 Target::Null => "100%".into(),
             };
@@ -584,5 +593,7 @@ mod tests {
         assert_eq!(nice_ceiling(2_600_000.0), (5_000_000.0, 5));
         assert_eq!(si(1_234_567.0), "1.23M");
         assert_eq!(si(45_600.0), "45.6k");
+        assert_eq!(percent(0.123), "12%");
+        assert_eq!(percent(0.0031), "0.3%");
     }
 }
