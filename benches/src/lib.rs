@@ -12,4 +12,5 @@ pub mod procfs;
 pub mod raw_grpc;
 pub mod report;
 pub mod requests;
+pub mod wire_split;
 pub mod workload;
