@@ -443,7 +443,10 @@ async fn run(args: Args, duration: Duration) -> anyhow::Result<()> {
     for w in workers {
         w.await?;
     }
-    let window = duration.as_secs_f64();
+    // A run cut short by --requests is measured up to its last answer.
+    let window = (plan.end.min(Instant::now()) - measure_from)
+        .as_secs_f64()
+        .max(1e-6);
     let window_from = measure_from.into_std() - *PROCESS_START.get().expect("set at start");
     done.store(true, Relaxed);
     if let Some(p) = progress {
