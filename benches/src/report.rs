@@ -12,6 +12,8 @@ pub enum Target {
     /// `loadgen --null-server`: the load generator's own ceiling.
     Null,
     Collector,
+    /// `tidewater processor` draining the bus into the file sink.
+    Processor,
 }
 
 /// One load point: one load generator run against one server.
@@ -198,6 +200,15 @@ impl Report {
              without decoding (with TCP_NODELAY, as the collector).\n"
         );
 
+        if self.rows.iter().any(|r| r.target == Target::Processor) {
+            let _ = writeln!(
+                w,
+                "- Processor: a collector fills the bus with 10,000 requests of traces and stops; \
+                 `tidewater processor`, pinned to the same core, then drains the bus into the \
+                 file sink on tmpfs (`sinks.file.fsync = false`), timed from its start until \
+                 its metrics show every span consumed and every batch delivered.\n"
+            );
+        }
         let _ = writeln!(w, "## Summary\n");
         let _ = writeln!(w, "| goal (issue #7) | target | measured |");
         let _ = writeln!(w, "|---|---|---|");
@@ -223,6 +234,16 @@ impl Report {
                 mib(r.peak_rss_kib),
                 si(r.items_per_s),
                 r.server_cpu_cores
+            );
+        }
+        if let Some(r) = self.rows.iter().find(|r| r.target == Target::Processor) {
+            let _ = writeln!(
+                w,
+                "| processor: traces from the bus to the file sink | | {} spans/s at {:.2} cores = {} spans per CPU-second, peak RSS {:.1} MiB |",
+                si(r.items_per_s),
+                r.server_cpu_cores,
+                si(r.items_per_cpu_second()),
+                mib(r.peak_rss_kib)
             );
         }
         let _ = writeln!(
@@ -252,6 +273,7 @@ impl Report {
                     .map(|c| percent(r.items_per_s / c.items_per_s))
                     .unwrap_or_default(),
                 Target::Null => "100%".into(),
+                Target::Processor => String::new(),
             };
             let errors = if r.errors.is_empty() {
                 String::new()
@@ -268,10 +290,15 @@ impl Report {
                 match r.target {
                     Target::Null => "null",
                     Target::Collector => "collector",
+                    Target::Processor => "processor",
                 },
                 r.signal,
                 r.protocol,
-                r.concurrency,
+                if r.concurrency > 0 {
+                    r.concurrency.to_string()
+                } else {
+                    String::new()
+                },
                 r.offered_items_per_s.map_or("flat out".into(), si),
                 r.req_per_s,
                 si(r.items_per_s),

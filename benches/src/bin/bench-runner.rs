@@ -162,7 +162,7 @@ fn main() -> anyhow::Result<()> {
 
     // The ceiling: the same flat-out loads against a server that does nothing.
     {
-        let port = free_port()?;
+        let [port] = free_ports()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         eprintln!("== null server on {addr}");
         let mut cmd = runner.pinned(&loadgen, &args.server_core);
@@ -210,7 +210,7 @@ fn main() -> anyhow::Result<()> {
     // A fresh collector for every point: the allocator keeps what a process once used, so a
     // point after a heavier one would report that one's memory.
     let collector = |n: usize| -> anyhow::Result<(Server, SocketAddr, SocketAddr)> {
-        let (grpc, http, admin) = (free_port()?, free_port()?, free_port()?);
+        let [grpc, http, admin] = free_ports()?;
         let grpc_addr = SocketAddr::from(([127, 0, 0, 1], grpc));
         let http_addr = SocketAddr::from(([127, 0, 0, 1], http));
         let mut cmd = runner.pinned(&tidewater, &args.server_core);
@@ -244,6 +244,11 @@ fn main() -> anyhow::Result<()> {
             after = after.max(procfs::status_kib(server.pid(), "VmRSS")?);
             drop(server);
             let _ = std::fs::remove_dir_all(bus_dir.join(format!("bus-{}", n + 1)));
+        }
+        if !args.quick {
+            rows.push(processor_point(
+                &runner, &tidewater, &bus_dir, &settings, &collector,
+            )?);
         }
         Ok((idle, idle_hwm, after))
     })();
@@ -311,17 +316,25 @@ impl Runner<'_> {
         }
     }
 
+    /// `loadgen` for one load point: `self.args.duration` measured after `warmup`.
     fn loadgen(&self, target: SocketAddr, load: Load) -> Command {
+        self.loadgen_for(target, load, self.args.warmup, self.args.duration)
+    }
+
+    fn loadgen_for(
+        &self,
+        target: SocketAddr,
+        load: Load,
+        warmup: Duration,
+        duration: Duration,
+    ) -> Command {
         let mut cmd = self.pinned(self.loadgen, &self.args.loadgen_core);
         cmd.args(["--target", &target.to_string()])
             .args(["--signal", load.signal, "--protocol", load.protocol])
             .args(["--items", &self.args.items.to_string()])
             .args(["--concurrency", &load.concurrency.to_string()])
-            .args([
-                "--duration",
-                &format!("{}ms", self.args.duration.as_millis()),
-            ])
-            .args(["--warmup", &format!("{}ms", self.args.warmup.as_millis())]);
+            .args(["--duration", &format!("{}ms", duration.as_millis())])
+            .args(["--warmup", &format!("{}ms", warmup.as_millis())]);
         if let Some(items_per_s) = load.offered {
             let rate = items_per_s / self.args.items as f64;
             cmd.args(["--rate", &rate.to_string()]);
@@ -425,6 +438,138 @@ impl Runner<'_> {
     }
 }
 
+type StartCollector<'a> = dyn Fn(usize) -> anyhow::Result<(Server, SocketAddr, SocketAddr)> + 'a;
+
+/// The processor: a collector fills the bus with 10,000 requests of traces and stops; then
+/// `tidewater processor`, pinned like the collector, drains the bus into the file sink on
+/// tmpfs (without fsync), and is timed until it delivered every span.
+fn processor_point(
+    runner: &Runner,
+    tidewater: &Path,
+    bus_dir: &Path,
+    settings: &[(String, String)],
+    collector: &StartCollector,
+) -> anyhow::Result<Row> {
+    const BUS: usize = 999;
+    const REQUESTS: u64 = 10_000;
+    eprintln!("-- Processor: traces from the bus to the file sink");
+    let (server, grpc, _) = collector(BUS)?;
+    let load = Load {
+        signal: "traces",
+        protocol: "grpc",
+        concurrency: runner.args.concurrency,
+        offered: None,
+    };
+    let out = runner
+        .loadgen_for(grpc, load, Duration::ZERO, Duration::from_secs(300))
+        .args(["--requests", &REQUESTS.to_string(), "--quiet"])
+        .stdout(Stdio::piped())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "filling the bus: loadgen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .context("loadgen printed no summary")?,
+    )?;
+    anyhow::ensure!(
+        summary["ok"] == REQUESTS,
+        "filling the bus: not every request was accepted: {summary}"
+    );
+    let expected = summary["items_ok"].as_f64().unwrap_or(0.0);
+    // SIGTERM: the collector publishes what it holds before it exits.
+    drop(server);
+
+    let [admin] = free_ports()?;
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    let mut cmd = runner.pinned(tidewater, &runner.args.server_core);
+    cmd.arg("processor")
+        .env(
+            "TIDEWATER_BUS__EMBEDDED__DIR",
+            bus_dir.join(format!("bus-{BUS}")),
+        )
+        .env("TIDEWATER_ADMIN__ADDR", admin.to_string())
+        .env("TIDEWATER_SINKS__FILE__DIR", bus_dir.join("out"))
+        .env("TIDEWATER_SINKS__FILE__FSYNC", "false")
+        .env(
+            "TIDEWATER_PROCESSOR__DEAD_LETTER_DIR",
+            bus_dir.join("dead-letter"),
+        )
+        .envs(settings.iter().map(|(k, v)| (k, v)));
+    let started = Instant::now();
+    let server = Server::start(cmd, &[admin])?;
+    let core = if runner.pinned {
+        runner.args.server_core.parse().ok()
+    } else {
+        None
+    };
+    let sampler = Sampler::start(server.pid(), core, Duration::from_millis(50));
+    let url = format!("http://{admin}/metrics");
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        let text = reqwest::blocking::get(&url)?.text()?;
+        let consumed = metric(&text, "tidewater_processor_consumed_items_total");
+        let records = metric(&text, "tidewater_processor_consumed_records_total");
+        let delivered = metric(&text, "tidewater_processor_delivered_batches_total");
+        if consumed >= expected && delivered >= records {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the processor did not drain the bus: {consumed} of {expected} spans"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let done = Instant::now();
+    let samples = sampler.finish();
+    let hwm = procfs::status_kib(server.pid(), "VmHWM")?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(bus_dir.join(format!("bus-{BUS}")));
+    let _ = std::fs::remove_dir_all(bus_dir.join("out"));
+    let secs = (done - started).as_secs_f64();
+    let (server_cores, core_busy) = procfs::cores_between(&samples, started, done);
+    let row = Row {
+        target: Target::Processor,
+        signal: "traces".into(),
+        protocol: "bus → file".into(),
+        item: "spans".into(),
+        concurrency: 0,
+        offered_items_per_s: None,
+        req_per_s: REQUESTS as f64 / secs,
+        items_per_s: expected / secs,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        failed: 0,
+        errors: Default::default(),
+        server_cpu_cores: server_cores,
+        others_on_server_core: core.map(|_| (core_busy - server_cores).max(0.0)),
+        loadgen_cpu_cores: 0.0,
+        peak_rss_kib: hwm.max(samples.iter().map(|s| s.rss_kib).max().unwrap_or(0)),
+    };
+    eprintln!(
+        "   {} spans/s, processor {:.2} cores, peak RSS {:.1} MiB",
+        si(row.items_per_s),
+        row.server_cpu_cores,
+        row.peak_rss_kib as f64 / 1024.0
+    );
+    Ok(row)
+}
+
+/// The sum of a Prometheus metric's samples, whatever their labels.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Waits for `child` and returns whether it succeeded and the CPU seconds it used. std's
 /// `wait` does not report resource usage; `wait4` does.
 fn wait_with_rusage(child: &Child) -> anyhow::Result<(bool, f64)> {
@@ -488,8 +633,17 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `N` distinct free loopback ports: the listeners are held until all are bound, so the
+/// system cannot hand out one port twice.
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 fn cpu_model() -> String {
