@@ -112,6 +112,15 @@ impl Config {
                 self.collector.batch.max_size
             );
         }
+        self.sinks.validate().map_err(anyhow::Error::msg)?;
+        let emf = &self.sinks.emf;
+        if emf.enabled && emf.dedup_records < self.processor.max_poll_records {
+            anyhow::bail!(
+                "sinks.emf.dedup_records ({}) must be at least processor.max_poll_records ({}): a crash redelivers up to one round",
+                emf.dedup_records,
+                self.processor.max_poll_records
+            );
+        }
         Ok(())
     }
 }
@@ -162,6 +171,26 @@ mod tests {
             toml::to_string(&from_file).unwrap(),
             toml::to_string(&defaults).unwrap(),
             "the example documents the defaults"
+        );
+    }
+
+    #[test]
+    fn xray_sink_settings_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("TIDEWATER_SINKS__XRAY__ENABLED", "true"),
+                (
+                    "TIDEWATER_SINKS__XRAY__INDEXED_ATTRIBUTES",
+                    r#"["order.id", "otel.resource.deployment.environment"]"#,
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(c.sinks.xray.enabled);
+        assert_eq!(
+            c.sinks.xray.indexed_attributes,
+            ["order.id", "otel.resource.deployment.environment"]
         );
     }
 

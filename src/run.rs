@@ -9,7 +9,11 @@ use tidewater_bus::{BusKind, Consumer, Producer};
 use tidewater_collector::Collector;
 use tidewater_processors::runtime::Processor;
 use tidewater_processors::sink::Sink;
+use tidewater_processors::sinks::cloudwatch_logs::CloudWatchLogsSink;
+use tidewater_processors::sinks::elasticsearch::ElasticsearchSink;
+use tidewater_processors::sinks::emf::EmfSink;
 use tidewater_processors::sinks::file::FileSink;
+use tidewater_processors::sinks::xray::XraySink;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
@@ -59,6 +63,23 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     if config.sinks.file.enabled {
         sinks.push(Arc::new(FileSink::new(config.sinks.file.clone())?));
     }
+    if config.sinks.xray.enabled {
+        sinks.push(Arc::new(XraySink::new(config.sinks.xray.clone())?));
+    }
+    if config.sinks.emf.enabled {
+        sinks.push(Arc::new(EmfSink::new(&config.sinks.emf)?));
+    }
+    if config.sinks.cloudwatch_logs.enabled {
+        sinks.push(Arc::new(CloudWatchLogsSink::new(
+            &config.sinks.cloudwatch_logs,
+        )?));
+    }
+    if config.sinks.elasticsearch.enabled {
+        sinks.push(Arc::new(ElasticsearchSink::new(
+            config.sinks.elasticsearch.clone(),
+            &config.processor.dead_letter_dir,
+        )?));
+    }
     if sinks.is_empty() {
         anyhow::bail!("no sink is enabled: enable at least one under [sinks]");
     }
@@ -73,6 +94,10 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
         lines.push(format!(
             "collector: OTLP/gRPC + events gRPC on {}, OTLP/HTTP + POST /v1/events on {}",
             c.grpc_addr, c.http_addr
+        ));
+        lines.push(format!(
+            "  X-Ray daemon protocol (UDP) on {}",
+            c.xray_udp_addr
         ));
         lines.push(format!(
             "  batches of up to {} items / {} / {:?}, memory limit {}, max request {}",
@@ -101,6 +126,41 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
         ));
         if config.sinks.file.enabled {
             lines.push(format!("  sink file: {}", config.sinks.file.dir.display()));
+        }
+        if config.sinks.xray.enabled {
+            match XraySink::new(config.sinks.xray.clone()) {
+                Ok(sink) => lines.push(format!("  {}", sink.describe())),
+                Err(e) => lines.push(format!("  sink xray: {e}")),
+            }
+        }
+        let emf = &config.sinks.emf;
+        if emf.enabled {
+            lines.push(format!(
+                "  sink emf: namespace {}, {:?} windows, log group {}",
+                emf.namespace, emf.window, emf.log_group
+            ));
+        }
+        let logs = &config.sinks.cloudwatch_logs;
+        if logs.enabled {
+            lines.push(format!(
+                "  sink cloudwatch_logs: group {}, stream {}",
+                logs.log_group, logs.log_stream
+            ));
+        }
+        let es = &config.sinks.elasticsearch;
+        if es.enabled {
+            lines.push(format!(
+                "  sink elasticsearch: {} ({:?}, events {:?}{}, auth {:?})",
+                es.url,
+                es.layout,
+                es.events_index,
+                if es.logs {
+                    format!(", logs {:?}", es.logs_index)
+                } else {
+                    String::new()
+                },
+                es.auth.kind
+            ));
         }
     }
     lines.push(format!(
@@ -156,6 +216,14 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     };
 
     tracing::info!(role = ?role, "tidewater running");
+    if role == Role::Up && config.sinks.file.enabled {
+        tracing::info!(
+            otlp_grpc = %config.collector.grpc_addr,
+            otlp_http = %config.collector.http_addr,
+            output = %config.sinks.file.dir.display(),
+            "send OTLP or events here; the file sink writes what arrives to the output dir"
+        );
+    }
     let mut processor = processor;
     let processor_ended = async {
         match processor.as_mut() {
@@ -163,12 +231,15 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    // A processor that stops on its own has failed: shut the rest down and exit non-zero, so
+    // the orchestrator restarts the task instead of leaving a collector with no consumer.
+    let mut outcome = Ok(());
     let mut processor_done = false;
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         result = processor_ended => {
             processor_done = true;
-            report_processor_end(result);
+            outcome = processor_outcome(result);
         }
     }
     // Collector first: it publishes what it holds, so a processor sees it now or next run.
@@ -177,17 +248,18 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     }
     processor_stop.cancel();
     if let Some(task) = processor.filter(|_| !processor_done) {
-        report_processor_end(task.await);
+        outcome = processor_outcome(task.await);
     }
     stop.cancel();
-    Ok(())
+    outcome
 }
 
-fn report_processor_end(result: Result<anyhow::Result<()>, tokio::task::JoinError>) {
+fn processor_outcome(
+    result: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
     match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "processor failed"),
-        Err(e) => tracing::error!(error = %e, "processor panicked"),
+        Ok(r) => r.map_err(|e| e.context("processor failed")),
+        Err(e) => Err(anyhow::anyhow!("processor panicked: {e}")),
     }
 }
 

@@ -12,6 +12,9 @@ pub struct CollectorConfig {
     pub grpc_addr: SocketAddr,
     /// OTLP/HTTP (`/v1/traces`, `/v1/metrics`, `/v1/logs`) and `POST /v1/events`.
     pub http_addr: SocketAddr,
+    /// The X-Ray daemon's UDP protocol, for apps instrumented with the AWS X-Ray SDKs
+    /// (`AWS_XRAY_DAEMON_ADDRESS`). 2000 is the daemon's own port.
+    pub xray_udp_addr: SocketAddr,
     /// Largest request accepted, after decompression. Beyond it: HTTP 413, gRPC RESOURCE_EXHAUSTED.
     pub max_request_size: ByteSize,
     /// Most events in one publish request.
@@ -51,6 +54,7 @@ impl Default for CollectorConfig {
         CollectorConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            xray_udp_addr: SocketAddr::from(([127, 0, 0, 1], 2000)),
             max_request_size: ByteSize::mib(16),
             max_events_per_batch: 1000,
             max_event_size: ByteSize::kib(64),

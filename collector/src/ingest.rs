@@ -20,13 +20,14 @@ use tidewater_proto::Signal;
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::events::{self, Limits};
-use crate::partition::{self, data_points, Part, Rejected};
+use crate::partition::{self, data_points, Part, Rejected, XraySegment};
 use crate::pipeline::Pipeline;
 
 #[derive(Clone, Copy)]
 pub enum Transport {
     Grpc,
     Http,
+    Udp,
 }
 
 impl Transport {
@@ -34,6 +35,7 @@ impl Transport {
         match self {
             Transport::Grpc => "grpc",
             Transport::Http => "http",
+            Transport::Udp => "udp",
         }
     }
 }
@@ -173,6 +175,21 @@ impl Ingest {
             accepted: accepted as u32,
             rejected,
         })
+    }
+
+    /// X-Ray segment documents, already checked by the UDP receiver.
+    pub async fn xray_segments(&self, segments: Vec<XraySegment>) -> Result<(), IngestError> {
+        let received = segments.len() as u64;
+        let parts = partition::split_xray_segments(segments, self.pipeline.partitions());
+        self.accept(
+            Signal::XraySegments,
+            Transport::Udp,
+            received,
+            parts,
+            Rejected::default(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Publishes `parts`, counts, and returns the partial-success report when items were

@@ -1,6 +1,6 @@
 //! The collector sidecar: receive, batch, publish.
 //!
-//! Data path: a receiver ([`receiver::grpc`], [`receiver::http`]) decodes a request and hands
+//! Data path: a receiver ([`receiver::grpc`], [`receiver::http`], [`receiver::xray_udp`]) decodes a request and hands
 //! it to [`ingest::Ingest`], which splits it by bus partition ([`partition`]) and submits the
 //! parts to the [`pipeline::Pipeline`]; the pipeline batches per partition, compresses, and
 //! publishes to the bus, and only then is the client answered.
@@ -25,6 +25,7 @@ pub use config::CollectorConfig;
 pub struct Collector {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub xray_udp_addr: SocketAddr,
     pipeline: Arc<pipeline::Pipeline>,
     stop: CancellationToken,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -50,17 +51,20 @@ impl Collector {
         .await?;
         let (http_addr, http) = receiver::http::serve(
             config.http_addr,
-            ingest,
+            ingest.clone(),
             max_request_size,
             stop.child_token(),
         )
         .await?;
+        let (xray_udp_addr, xray_udp) =
+            receiver::xray_udp::serve(config.xray_udp_addr, ingest, stop.child_token()).await?;
         Ok(Collector {
             grpc_addr,
             http_addr,
+            xray_udp_addr,
             pipeline,
             stop,
-            servers: vec![grpc, http],
+            servers: vec![grpc, http, xray_udp],
         })
     }
 

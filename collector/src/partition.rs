@@ -24,6 +24,8 @@ pub enum Payload {
     Metrics(Vec<ResourceMetrics>),
     Logs(Vec<ResourceLogs>),
     Events(Vec<Event>),
+    /// X-Ray segment documents from X-Ray SDK apps, one line each.
+    XraySegments(Vec<String>),
 }
 
 /// The share of a request bound for one partition.
@@ -244,6 +246,58 @@ pub fn split_events(events: Vec<Event>, partitions: u32) -> Vec<Part> {
         .collect()
 }
 
+/// One X-Ray segment document (a single line) and its trace id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XraySegment {
+    pub trace_id: String,
+    pub document: String,
+}
+
+/// X-Ray segments are keyed by trace id like OTLP spans: `1-5759e988-bd862e3fe1be46a994272793`
+/// hashes as the 16 bytes `5759e988bd86...`, the same id an OpenTelemetry span of that trace
+/// carries (X-Ray propagation), so both halves of a trace meet on one partition.
+pub fn split_xray_segments(segments: Vec<XraySegment>, partitions: u32) -> Vec<Part> {
+    let mut by_partition: HashMap<u32, Vec<String>> = HashMap::new();
+    for s in segments {
+        let hash = match xray_trace_id_bytes(&s.trace_id) {
+            Some(bytes) => xxh3_128(&bytes),
+            None => xxh3_128(s.trace_id.as_bytes()),
+        };
+        by_partition
+            .entry(partition_for_hash(hash, partitions))
+            .or_default()
+            .push(s.document);
+    }
+    by_partition
+        .into_iter()
+        .map(|(partition, docs)| Part {
+            partition,
+            items: docs.len() as u32,
+            bytes: docs.iter().map(|d| d.len() + 1).sum(),
+            payload: Payload::XraySegments(docs),
+        })
+        .collect()
+}
+
+/// `1-xxxxxxxx-yyyyyyyyyyyyyyyyyyyyyyyy` as 16 bytes.
+pub fn xray_trace_id_bytes(id: &str) -> Option<[u8; 16]> {
+    let mut parts = id.split('-');
+    let (Some("1"), Some(epoch), Some(random), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    if epoch.len() != 8 || random.len() != 24 {
+        return None;
+    }
+    let hex = format!("{epoch}{random}");
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 pub fn data_points(data: Option<&metric::Data>) -> u32 {
     (match data {
         Some(metric::Data::Gauge(g)) => g.data_points.len(),
@@ -376,6 +430,42 @@ mod tests {
             .unwrap()
             .contains("trace_id must be 16 bytes"));
         assert_eq!(parts.iter().map(|p| p.items).sum::<u32>(), 1);
+    }
+
+    #[test]
+    fn xray_segments_share_a_partition_with_their_otlp_trace() {
+        let otlp = [
+            0x57, 0x59, 0xe9, 0x88, 0xbd, 0x86, 0x2e, 0x3f, 0xe1, 0xbe, 0x46, 0xa9, 0x94, 0x27,
+            0x27, 0x93,
+        ];
+        let xray = "1-5759e988-bd862e3fe1be46a994272793";
+        assert_eq!(xray_trace_id_bytes(xray), Some(otlp));
+        for bad in [
+            "",
+            "1-5759e988",
+            "2-5759e988-bd862e3fe1be46a994272793",
+            "1-zz59e988-bd862e3fe1be46a994272793",
+        ] {
+            assert_eq!(xray_trace_id_bytes(bad), None, "{bad}");
+        }
+        let mut sp = span(1, 1);
+        sp.trace_id = otlp.to_vec();
+        let (spans, _) = split_traces(vec![rs(vec![sp])], 16);
+        let segments = split_xray_segments(
+            vec![
+                XraySegment {
+                    trace_id: xray.into(),
+                    document: "{}".into(),
+                },
+                XraySegment {
+                    trace_id: "odd".into(),
+                    document: "{}".into(),
+                },
+            ],
+            16,
+        );
+        assert!(segments.iter().any(|p| p.partition == spans[0].partition));
+        assert_eq!(segments.iter().map(|p| p.items).sum::<u32>(), 2);
     }
 
     #[test]

@@ -32,11 +32,12 @@ use crate::error::IngestError;
 use crate::partition::{Part, Payload};
 
 /// The signals the collector batches, in lane order.
-pub const SIGNALS: [Signal; 4] = [
+pub const SIGNALS: [Signal; 5] = [
     Signal::Traces,
     Signal::Metrics,
     Signal::Logs,
     Signal::Events,
+    Signal::XraySegments,
 ];
 
 type AckResult = Result<(), Arc<str>>;
@@ -68,7 +69,8 @@ impl Pipeline {
         let partitions = producer.partitions().max(1);
         let memory_limit = usize::try_from(config.memory_limit.as_u64())
             .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
+            // Permits are taken per request as a u32.
+            .min(u32::MAX as usize);
         let mut tasks = JoinSet::new();
         let stop = CancellationToken::new();
         let lanes = SIGNALS
@@ -136,6 +138,12 @@ impl Pipeline {
                 IngestError::Busy { limit: self.memory_limit, retry_after: self.retry_after }
             })?;
         self.report_buffered();
+        let items: u64 = parts.iter().map(|p| p.items as u64).sum();
+        let label = signal.label();
+        metrics::gauge!("tidewater_collector_queued_items", "signal" => label)
+            .increment(items as f64);
+        metrics::gauge!("tidewater_collector_queued_bytes", "signal" => label)
+            .increment(total as f64);
         let mut acks = Vec::with_capacity(parts.len());
         for part in parts {
             let share = permit
@@ -281,7 +289,12 @@ impl Lane {
             }
             Err(e) => Err(Arc::<str>::from(e)),
         };
+        let held: usize = permits.iter().map(|p| p.num_permits()).sum();
         drop(permits);
+        metrics::gauge!("tidewater_collector_queued_items", "signal" => self.signal.label())
+            .decrement(items as f64);
+        metrics::gauge!("tidewater_collector_queued_bytes", "signal" => self.signal.label())
+            .decrement(held as f64);
         for ack in acks {
             let _ = ack.send(result.clone());
         }
@@ -379,7 +392,20 @@ pub fn encode(signal: Signal, parts: Vec<Part>) -> (Encoding, Vec<u8>) {
                 PublishRequest { events }.encode_to_vec(),
             )
         }
-        Signal::XraySegments | Signal::Unspecified => unreachable!("not batched by lanes"),
+        Signal::XraySegments => {
+            // One document per line; the UDP receiver made each a single line.
+            let mut text = String::new();
+            for p in payloads {
+                if let Payload::XraySegments(docs) = p {
+                    for d in docs {
+                        text.push_str(&d);
+                        text.push('\n');
+                    }
+                }
+            }
+            (Encoding::XrayJson, text.into_bytes())
+        }
+        Signal::Unspecified => unreachable!("not batched by lanes"),
     }
 }
 

@@ -40,4 +40,16 @@ impl Default for ProcessorConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SinksConfig {
     pub file: crate::sinks::file::FileSinkConfig,
+    pub xray: crate::sinks::xray::XraySinkConfig,
+    pub elasticsearch: crate::sinks::elasticsearch::ElasticsearchSinkConfig,
+    pub emf: crate::sinks::emf::EmfConfig,
+    pub cloudwatch_logs: crate::sinks::cloudwatch_logs::CloudWatchLogsConfig,
+}
+
+impl SinksConfig {
+    /// Checks what serde cannot (templates, regular expressions, AWS limits), naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.emf.validate()?;
+        self.cloudwatch_logs.validate()
+    }
 }

@@ -4,9 +4,12 @@
 //! record, hands the batches to every [`sink::Sink`] that wants them, and commits the
 //! checkpoint once all of them acknowledged.
 
+pub mod anyvalue;
 pub mod config;
 pub mod decode;
 pub mod documents;
+pub mod emf;
+pub mod ndjson;
 pub mod runtime;
 pub mod sink;
 pub mod sinks;

@@ -48,13 +48,12 @@ impl Processor {
                 r = self.consumer.poll(self.config.max_poll_records, self.config.poll_wait) => r?,
                 _ = stop.cancelled() => break,
             };
-            if records.is_empty() {
-                continue;
-            }
-            if !self.round(records, &stop).await? {
+            if !records.is_empty() && !self.round(records, &stop).await? {
                 break;
             }
+            tick(&self.sinks, false).await;
         }
+        tick(&self.sinks, true).await;
         tracing::info!("processor stopped");
         Ok(())
     }
@@ -126,6 +125,17 @@ impl Processor {
         writeln!(f, "{line}")?;
         f.sync_data()?;
         Ok(())
+    }
+}
+
+/// Lets every sink send what it holds that is due; a failure is retried at the next tick.
+async fn tick(sinks: &[Arc<dyn Sink>], stopping: bool) {
+    for sink in sinks {
+        if let Err(e) = sink.tick(stopping).await {
+            metrics::counter!("tidewater_processor_sink_failures_total", "sink" => sink.name())
+                .increment(1);
+            tracing::warn!(sink = sink.name(), error = %e, stopping, "sink tick failed; will retry");
+        }
     }
 }
 

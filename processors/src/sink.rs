@@ -19,4 +19,12 @@ pub trait Sink: Send + Sync + 'static {
     /// past them. An error means try the whole call again later; a sink that can tell which
     /// items failed retries only those inside this call instead of returning an error.
     async fn deliver(&self, batches: &[Arc<Batch>]) -> anyhow::Result<()>;
+
+    /// Called by the runtime between rounds (at least every `processor.poll_wait`), and once
+    /// with `stopping` when the processor stops: a sink that holds data for a while (a time
+    /// window) sends what is due, or everything when stopping. What `deliver` acknowledged
+    /// must already be durable, so an error here only means "try again at the next tick".
+    async fn tick(&self, _stopping: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
 }

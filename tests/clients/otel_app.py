@@ -67,11 +67,15 @@ def main():
     p.add_argument("--service", default="checkout")
     p.add_argument("--traces", type=int, default=10)
     p.add_argument("--logs", type=int, default=10)
+    p.add_argument("--resource", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra resource attribute (repeatable)")
+    p.add_argument("--logs-in-spans", action="store_true",
+                   help="emit each log record inside its own span, so it carries trace and span ids")
     args = p.parse_args()
 
-    resource = Resource.create(
-        {"service.name": args.service, "service.version": "1.4.2", "deployment.environment": "test"}
-    )
+    attributes = {"service.name": args.service, "service.version": "1.4.2", "deployment.environment": "test"}
+    attributes.update(kv.split("=", 1) for kv in args.resource)
+    resource = Resource.create(attributes)
     span_exp, metric_exp, log_exp = exporters(args.protocol, args.endpoint)
     checks = {"spans": Checked(span_exp), "metrics": Checked(metric_exp), "logs": Checked(log_exp)}
 
@@ -111,9 +115,16 @@ def main():
         sent["requests"] += 1
         sent["latency_count"] += 1
         sent["latency_sum"] += 10.0 + i
+    sent["log_ids"] = []
     for i in range(args.logs):
         body = f"order {i} placed by {args.service}"
-        log.info(body, extra={"order.id": i})
+        if args.logs_in_spans:
+            with tracer.start_as_current_span("place order") as span:
+                log.info(body, extra={"order.id": i})
+                ctx = span.get_span_context()
+                sent["log_ids"].append({"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"})
+        else:
+            log.info(body, extra={"order.id": i})
         sent["logs"].append(body)
 
     tracer_provider.shutdown()

@@ -3,6 +3,8 @@
 //! readers for what the file sink wrote.
 #![allow(dead_code)]
 
+pub mod bulk_proxy;
+pub mod es;
 pub mod peers;
 
 use std::net::TcpListener;
@@ -18,11 +20,21 @@ pub struct Tidewater {
     pub grpc: u16,
     pub http: u16,
     pub admin: u16,
+    /// The X-Ray daemon protocol's UDP port.
+    pub xray_udp: u16,
     env: Vec<(String, String)>,
 }
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -38,6 +50,7 @@ impl Tidewater {
             grpc: free_port(),
             http: free_port(),
             admin: free_port(),
+            xray_udp: free_udp_port(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
@@ -66,6 +79,10 @@ impl Tidewater {
                 format!("127.0.0.1:{}", self.http),
             )
             .env("TIDEWATER_ADMIN__ADDR", format!("127.0.0.1:{}", self.admin))
+            .env(
+                "TIDEWATER_COLLECTOR__XRAY_UDP_ADDR",
+                format!("127.0.0.1:{}", self.xray_udp),
+            )
             .env("TIDEWATER_COLLECTOR__BATCH__TIMEOUT", "50ms")
             .env("TIDEWATER_PROCESSOR__POLL_WAIT", "100ms")
             .stdout(Stdio::null())
@@ -219,22 +236,31 @@ pub fn python() -> PathBuf {
 
 /// Runs the OpenTelemetry SDK app and returns what it reports having sent.
 pub fn run_otel_app(protocol: &str, endpoint: &str, args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/otel_app.py");
+    let mut all = vec!["--protocol", protocol, "--endpoint", endpoint];
+    all.extend_from_slice(args);
+    run_client("otel_app.py", &all)
+}
+
+/// Runs a script of `tests/clients/` with the venv's Python and returns the JSON summary it
+/// prints last.
+pub fn run_client(script: &str, args: &[&str]) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
     let out = Command::new(python())
-        .arg(script)
-        .args(["--protocol", protocol, "--endpoint", endpoint])
+        .arg(path)
         .args(args)
         .output()
-        .expect("run otel_app.py");
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "otel_app.py failed ({}):\nstdout: {stdout}\nstderr: {}",
+        "{script} failed ({}):\nstdout: {stdout}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .expect("otel_app.py prints a JSON summary")
+        .unwrap_or_else(|e| panic!("{script} prints a JSON summary last: {e}"))
 }
 
 /// Every span in the OTLP/JSON batches the file sink wrote, with its resource attached.

@@ -81,3 +81,35 @@ pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
         ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
     ]
 }
+
+/// osmem-server: an in-memory OpenSearch-compatible server (mappings, templates, `_bulk` with
+/// per-item errors, aggregations; no data streams). The PyPI package ships the binary inside
+/// the module rather than in `.venv/bin`.
+pub fn elasticsearch() -> Peer {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    let bin = std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/osmem_server/bin/osmem-server"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "osmem-server is missing under {}: run ./scripts/test (it installs osmem-server into .venv)",
+                lib.display()
+            )
+        });
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-addr",
+        &format!("127.0.0.1:{port}"),
+        "-no-stdin-watch",
+        // Gone with the test process even if it dies without dropping the peer.
+        "-parent-pid",
+        &std::process::id().to_string(),
+    ]);
+    Peer::spawn("osmem-server", cmd, port, |p| {
+        http_get(p, "/").is_some_and(|(code, _)| code == 200)
+    })
+}

@@ -1,3 +1,7 @@
 //! Destinations. Each sink owns its config, its translation (pure, elsewhere) and its I/O.
 
+pub mod cloudwatch_logs;
+pub mod elasticsearch;
+pub mod emf;
 pub mod file;
+pub mod xray;

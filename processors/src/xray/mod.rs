@@ -70,6 +70,7 @@ use std::time::SystemTime;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use attrs::any_to_json;
 pub use cause::MAX_STACK_FRAMES;
 pub use size::MAX_DOCUMENT_BYTES;
 pub use trace_id::{xray_trace_id, XrayTraceId};
