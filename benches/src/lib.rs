@@ -1,3 +1,17 @@
-//! Benchmarks live in `benches/benches/`; the load generator in `src/bin/`.
+//! Tidewater's benchmarks.
+//!
+//! - `src/bin/loadgen.rs`: the load generator (and `--null-server`, its calibration target).
+//! - `src/bin/bench-runner.rs`: starts the collector pinned to one core, drives the load
+//!   generator on the other, and writes `benches/report/`.
+//! - `benches/*.rs`: criterion micro-benchmarks of the hot paths and translators.
+//!
+//! This library holds what they share: the generated workload and the wire details.
 
 pub mod es;
+pub mod null_server;
+pub mod procfs;
+pub mod raw_grpc;
+pub mod report;
+pub mod requests;
+pub mod wire_split;
+pub mod workload;
