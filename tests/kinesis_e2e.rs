@@ -10,17 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use kinesis_support::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tidewater_proto::Signal;
-
-fn sent_span_ids(sent: &Value) -> Vec<String> {
-    sent["spans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["span_id"].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[test]
 fn otel_sdk_through_kinesis_reaches_the_file_sink() {

@@ -12,15 +12,6 @@ use tidewater_proto::events::v1::events_service_client::EventsServiceClient;
 use tidewater_proto::events::v1::{Event, PublishRequest};
 use tidewater_proto::json::struct_from_json;
 
-fn sent_span_ids(sent: &Value) -> Vec<String> {
-    sent["spans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["span_id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn otel_sdk_and_events_reach_the_file_sink_intact() {
     let dir = tempfile::tempdir().unwrap();

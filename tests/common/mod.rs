@@ -275,6 +275,16 @@ pub fn run_client(script: &str, args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("{script} prints a JSON summary last: {e}"))
 }
 
+/// The span ids (hex) `run_otel_app` reports having sent.
+pub fn sent_span_ids(sent: &Value) -> Vec<String> {
+    sent["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Every span in the OTLP/JSON batches the file sink wrote, with its resource attached.
 pub fn spans(lines: &[Value]) -> Vec<(Value, Value)> {
     let mut out = Vec::new();
