@@ -103,23 +103,9 @@ pub fn split_traces(resource_spans: Vec<ResourceSpans>, partitions: u32) -> (Vec
             });
         }
     }
-    let parts = by_partition
-        .into_iter()
-        .map(|(partition, rs)| {
-            let items = rs
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .map(|s| s.spans.len() as u32)
-                .sum();
-            let bytes = rs.iter().map(Message::encoded_len).sum();
-            Part {
-                partition,
-                payload: Payload::Traces(rs),
-                items,
-                bytes,
-            }
-        })
-        .collect();
+    let parts = into_parts(by_partition, Payload::Traces, |r| {
+        r.scope_spans.iter().map(|s| s.spans.len() as u32).sum()
+    });
     (parts, rejected)
 }
 
@@ -155,24 +141,13 @@ pub fn split_metrics(
         let p = partition_for_hash(resource_hash(rm.resource.as_ref()), partitions);
         by_partition.entry(p).or_default().push(rm);
     }
-    let parts = by_partition
-        .into_iter()
-        .map(|(partition, rm)| {
-            let items = rm
-                .iter()
-                .flat_map(|r| &r.scope_metrics)
-                .flat_map(|s| &s.metrics)
-                .map(|m| data_points(m.data.as_ref()))
-                .sum();
-            let bytes = rm.iter().map(Message::encoded_len).sum();
-            Part {
-                partition,
-                payload: Payload::Metrics(rm),
-                items,
-                bytes,
-            }
-        })
-        .collect();
+    let parts = into_parts(by_partition, Payload::Metrics, |r| {
+        r.scope_metrics
+            .iter()
+            .flat_map(|s| &s.metrics)
+            .map(|m| data_points(m.data.as_ref()))
+            .sum()
+    });
     (parts, rejected)
 }
 
@@ -200,23 +175,12 @@ pub fn split_logs(resource_logs: Vec<ResourceLogs>, partitions: u32) -> (Vec<Par
         let p = partition_for_hash(resource_hash(rl.resource.as_ref()), partitions);
         by_partition.entry(p).or_default().push(rl);
     }
-    let parts = by_partition
-        .into_iter()
-        .map(|(partition, rl)| {
-            let items = rl
-                .iter()
-                .flat_map(|r| &r.scope_logs)
-                .map(|s| s.log_records.len() as u32)
-                .sum();
-            let bytes = rl.iter().map(Message::encoded_len).sum();
-            Part {
-                partition,
-                payload: Payload::Logs(rl),
-                items,
-                bytes,
-            }
-        })
-        .collect();
+    let parts = into_parts(by_partition, Payload::Logs, |r| {
+        r.scope_logs
+            .iter()
+            .map(|s| s.log_records.len() as u32)
+            .sum()
+    });
     (parts, rejected)
 }
 
@@ -232,16 +196,23 @@ pub fn split_events(events: Vec<Event>, partitions: u32) -> Vec<Part> {
         let p = partition_for_hash(xxh3_128(user.as_bytes()), partitions);
         by_partition.entry(p).or_default().push(event);
     }
+    into_parts(by_partition, Payload::Events, |_| 1)
+}
+
+/// One part per partition from what was grouped by partition: `items` counts the items in one
+/// message, and sizes are the messages' encoded lengths.
+fn into_parts<T: Message>(
+    by_partition: HashMap<u32, Vec<T>>,
+    payload: fn(Vec<T>) -> Payload,
+    items: impl Fn(&T) -> u32,
+) -> Vec<Part> {
     by_partition
         .into_iter()
-        .map(|(partition, events)| {
-            let bytes = events.iter().map(Message::encoded_len).sum();
-            Part {
-                partition,
-                items: events.len() as u32,
-                payload: Payload::Events(events),
-                bytes,
-            }
+        .map(|(partition, messages)| Part {
+            partition,
+            items: messages.iter().map(&items).sum(),
+            bytes: messages.iter().map(Message::encoded_len).sum(),
+            payload: payload(messages),
         })
         .collect()
 }

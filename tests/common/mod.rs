@@ -72,7 +72,31 @@ impl Tidewater {
         t
     }
 
+    /// Starts the process. Ports come from `free_port`, which cannot reserve them: another test
+    /// or peer may take one before Tidewater binds it, so a bind failure retries on fresh ports.
     pub fn start(&mut self) {
+        for attempt in 1.. {
+            let log_start = self.log().len();
+            self.spawn();
+            match self.wait_ready() {
+                Ok(()) => return,
+                Err(_)
+                    if attempt < 5
+                        && self.log()[log_start..].contains("Address already in use") =>
+                {
+                    eprintln!("tidewater could not bind a test port (attempt {attempt}); retrying on fresh ports");
+                    self.child = None;
+                    self.grpc = free_port();
+                    self.http = free_port();
+                    self.admin = free_port();
+                    self.xray_udp = free_udp_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -103,24 +127,23 @@ impl Tidewater {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("spawn tidewater"));
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
+                return Err(format!(
                     "tidewater exited with {status} before it was ready:\n{}",
                     self.log()
-                );
+                ));
             }
             if http_get(self.admin, "/readyz").is_some_and(|(code, _)| code == 200) {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("tidewater not ready after 30s:\n{}", self.log());
+        Err(format!("tidewater not ready after 30s:\n{}", self.log()))
     }
 
     pub fn log(&self) -> String {
