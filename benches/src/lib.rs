@@ -13,5 +13,4 @@ pub mod procfs;
 pub mod raw_grpc;
 pub mod report;
 pub mod requests;
-pub mod wire_split;
 pub mod workload;

@@ -1,4 +1,4 @@
-//! What every receiver does once it has decoded a request: split it by partition, hand it to
+//! What every receiver does once it has read a request: split it by partition, hand it to
 //! the pipeline, wait for durability, and say what was accepted. Receivers only translate
 //! between their protocol and these calls.
 
@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use tidewater_proto::events::v1::{Event, PublishResponse, RejectedEvent};
 use tidewater_proto::Signal;
@@ -20,8 +20,9 @@ use tidewater_proto::Signal;
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::events::{self, Limits};
-use crate::partition::{self, data_points, Part, Rejected, XraySegment};
+use crate::partition::{self, Part, Rejected, Split, XraySegment};
 use crate::pipeline::Pipeline;
+use crate::wire::WireError;
 
 #[derive(Clone, Copy)]
 pub enum Transport {
@@ -57,22 +58,16 @@ impl Ingest {
         }
     }
 
+    /// `request` is an encoded `ExportTraceServiceRequest`; it is split and stored as it came,
+    /// never decoded (see [`crate::wire`]).
     #[tracing::instrument(level = "debug", name = "ingest", skip_all, fields(signal = "traces"))]
     pub async fn traces(
         &self,
-        req: ExportTraceServiceRequest,
+        request: &[u8],
         transport: Transport,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let received = req
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len() as u64)
-            .sum();
-        let (parts, rejected) =
-            partition::split_traces(req.resource_spans, self.pipeline.partitions());
         let rejected = self
-            .accept(Signal::Traces, transport, received, parts, rejected)
+            .otlp(Signal::Traces, transport, partition::split_traces, request)
             .await?;
         Ok(ExportTraceServiceResponse {
             partial_success: rejected.map(|(count, error_message)| ExportTracePartialSuccess {
@@ -82,24 +77,20 @@ impl Ingest {
         })
     }
 
+    /// `request` is an encoded `ExportMetricsServiceRequest`.
     #[tracing::instrument(level = "debug", name = "ingest", skip_all, fields(signal = "metrics"))]
     pub async fn metrics(
         &self,
-        req: ExportMetricsServiceRequest,
+        request: &[u8],
         transport: Transport,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
-        let received = req
-            .resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            // A metric without data still counts as one rejected item.
-            .map(|m| data_points(m.data.as_ref()).max(1) as u64)
-            .sum();
-        let (parts, rejected) =
-            partition::split_metrics(req.resource_metrics, self.pipeline.partitions());
         let rejected = self
-            .accept(Signal::Metrics, transport, received, parts, rejected)
+            .otlp(
+                Signal::Metrics,
+                transport,
+                partition::split_metrics,
+                request,
+            )
             .await?;
         Ok(ExportMetricsServiceResponse {
             partial_success: rejected.map(|(count, error_message)| ExportMetricsPartialSuccess {
@@ -109,22 +100,15 @@ impl Ingest {
         })
     }
 
+    /// `request` is an encoded `ExportLogsServiceRequest`.
     #[tracing::instrument(level = "debug", name = "ingest", skip_all, fields(signal = "logs"))]
     pub async fn logs(
         &self,
-        req: ExportLogsServiceRequest,
+        request: &[u8],
         transport: Transport,
     ) -> Result<ExportLogsServiceResponse, IngestError> {
-        let received = req
-            .resource_logs
-            .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len() as u64)
-            .sum();
-        let (parts, rejected) =
-            partition::split_logs(req.resource_logs, self.pipeline.partitions());
         let rejected = self
-            .accept(Signal::Logs, transport, received, parts, rejected)
+            .otlp(Signal::Logs, transport, partition::split_logs, request)
             .await?;
         Ok(ExportLogsServiceResponse {
             partial_success: rejected.map(|(count, error_message)| ExportLogsPartialSuccess {
@@ -132,6 +116,29 @@ impl Ingest {
                 error_message,
             }),
         })
+    }
+
+    async fn otlp(
+        &self,
+        signal: Signal,
+        transport: Transport,
+        split: fn(&[u8], u32) -> Result<Split, WireError>,
+        request: &[u8],
+    ) -> Result<Option<(i64, String)>, IngestError> {
+        let split = split(request, self.pipeline.partitions()).map_err(|e| {
+            self.refuse(
+                signal,
+                IngestError::BadRequest(format!("invalid OTLP protobuf: {e}")),
+            )
+        })?;
+        self.accept(
+            signal,
+            transport,
+            split.received,
+            split.parts,
+            split.rejected,
+        )
+        .await
     }
 
     /// `events` holds each event of the request in order, or why it could not even be parsed.

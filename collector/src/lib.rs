@@ -1,9 +1,10 @@
 //! The collector sidecar: receive, batch, publish.
 //!
-//! Data path: a receiver ([`receiver::grpc`], [`receiver::http`], [`receiver::xray_udp`]) decodes a request and hands
-//! it to [`ingest::Ingest`], which splits it by bus partition ([`partition`]) and submits the
-//! parts to the [`pipeline::Pipeline`]; the pipeline batches per partition, compresses, and
-//! publishes to the bus, and only then is the client answered.
+//! Data path: a receiver ([`receiver::grpc`], [`receiver::http`], [`receiver::xray_udp`])
+//! reads a request and hands it to [`ingest::Ingest`], which splits it by bus partition
+//! ([`partition`]) and submits the parts to the [`pipeline::Pipeline`]; the pipeline batches
+//! per partition, compresses, and publishes to the bus, and only then is the client answered.
+//! OTLP protobuf is split and stored on its wire bytes, never decoded ([`wire`]).
 
 pub mod config;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod partition;
 pub mod pipeline;
 pub mod receiver;
 pub mod split;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -15,12 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::try_join_all;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tidewater_bus::{PartitionKey, Producer};
-use tidewater_proto::events::v1::PublishRequest;
 use tidewater_proto::{Compression, Encoding, Envelope, Signal};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -29,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
-use crate::partition::{Part, Payload};
+use crate::partition::Part;
 use crate::split::BusBatch;
 
 /// The signals the collector batches, in lane order.
@@ -123,7 +119,7 @@ impl Pipeline {
             .position(|s| *s == signal)
             .expect("batched signal");
         // Every part holds at least one permit so that an empty-looking part still counts.
-        let total: usize = parts.iter().map(|p| p.bytes.max(1)).sum();
+        let total: usize = parts.iter().map(|p| p.bytes().max(1)).sum();
         if total > self.memory_limit {
             return Err(IngestError::TooLarge(format!(
                 "request needs {total} bytes buffered, more than the collector's memory_limit of {} bytes",
@@ -148,7 +144,7 @@ impl Pipeline {
         let mut acks = Vec::with_capacity(parts.len());
         for part in parts {
             let share = permit
-                .split(part.bytes.max(1))
+                .split(part.bytes().max(1))
                 .expect("permits were sized from the parts");
             let (ack, done) = oneshot::channel();
             let lane = &self.lanes[signal_index][part.partition as usize];
@@ -225,7 +221,7 @@ struct Batch {
 impl Batch {
     fn push(&mut self, s: Submission) {
         self.items += s.part.items as usize;
-        self.bytes += s.part.bytes;
+        self.bytes += s.part.bytes();
         self.parts.push(s.part);
         self.acks.push(s.ack);
         self.permits.push(s._permit);
@@ -305,7 +301,7 @@ impl Lane {
     /// halved until each compressed envelope fits).
     fn records(&self, parts: Vec<Part>, items: usize) -> Result<Vec<Bytes>, String> {
         let Some(limit) = self.producer.max_record_size() else {
-            let envelope = self.envelope(&bus_batch(self.signal, parts), items)?;
+            let envelope = self.envelope(&concat(parts), items)?;
             return Ok(vec![Bytes::from(envelope.encode_to_vec())]);
         };
         // The partition key counts against the record limit too.
@@ -313,19 +309,21 @@ impl Lane {
         let mut records = Vec::new();
         for (chunk, items) in chunk_parts(parts, Some(room)) {
             // A stack, so halves go out in order.
-            let mut todo = vec![(bus_batch(self.signal, chunk), items)];
-            while let Some((batch, items)) = todo.pop() {
-                let record = self.envelope(&batch, items)?.encode_to_vec();
+            let mut todo = vec![(concat(chunk), items)];
+            while let Some((body, items)) = todo.pop() {
+                let record = self.envelope(&body, items)?.encode_to_vec();
                 if record.len() <= room {
                     records.push(Bytes::from(record));
                     continue;
                 }
+                // Rare (one request's share over a record), so this is the one place the
+                // collector decodes what it batches.
                 let size = record.len();
+                let batch = BusBatch::decode(self.signal, &body)?;
                 match batch.split() {
                     Ok((first, second)) => {
-                        let (a, b) = (first.items(), second.items());
-                        todo.push((second, b));
-                        todo.push((first, a));
+                        todo.push((second.encode_to_vec(), second.items()));
+                        todo.push((first.encode_to_vec(), first.items()));
                     }
                     Err(_) => {
                         metrics::counter!("tidewater_collector_oversized_items_total", "signal" => self.signal.label()).increment(1);
@@ -340,14 +338,13 @@ impl Lane {
         Ok(records)
     }
 
-    fn envelope(&self, batch: &BusBatch, items: usize) -> Result<Envelope, String> {
-        let (encoding, payload) = (batch.encoding(), batch.encode_to_vec());
+    fn envelope(&self, payload: &[u8], items: usize) -> Result<Envelope, String> {
         let uncompressed_size = payload.len() as u64;
         let compressed =
-            zstd::bulk::compress(&payload, self.zstd_level).map_err(|e| format!("zstd: {e}"))?;
+            zstd::bulk::compress(payload, self.zstd_level).map_err(|e| format!("zstd: {e}"))?;
         Ok(Envelope {
             signal: self.signal as i32,
-            encoding: encoding as i32,
+            encoding: encoding(self.signal) as i32,
             compression: Compression::Zstd as i32,
             payload: compressed,
             produced_at_unix_nano: SystemTime::now()
@@ -377,13 +374,13 @@ fn chunk_parts(parts: Vec<Part>, limit: Option<usize>) -> Vec<(Vec<Part>, usize)
     let mut bytes = 0;
     for part in parts {
         match chunks.last_mut() {
-            Some((run, items)) if bytes + part.bytes <= budget => {
-                bytes += part.bytes;
+            Some((run, items)) if bytes + part.bytes() <= budget => {
+                bytes += part.bytes();
                 *items += part.items as usize;
                 run.push(part);
             }
             _ => {
-                bytes = part.bytes;
+                bytes = part.bytes();
                 let items = part.items as usize;
                 chunks.push((vec![part], items));
             }
@@ -410,57 +407,25 @@ async fn next(
     }
 }
 
-/// Concatenates the parts of one signal into the request message that travels on the bus.
+/// The parts of one signal as the payload that travels on the bus: their bodies, one after
+/// the other (see [`Part::body`]).
 pub fn encode(signal: Signal, parts: Vec<Part>) -> (Encoding, Vec<u8>) {
-    let batch = bus_batch(signal, parts);
-    (batch.encoding(), batch.encode_to_vec())
+    (encoding(signal), concat(parts))
 }
 
-/// The parts of one signal as one request message.
-pub fn bus_batch(signal: Signal, parts: Vec<Part>) -> BusBatch {
-    let payloads = parts.into_iter().map(|p| p.payload);
+fn concat(parts: Vec<Part>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(parts.iter().map(Part::bytes).sum());
+    for part in parts {
+        body.extend_from_slice(&part.body);
+    }
+    body
+}
+
+fn encoding(signal: Signal) -> Encoding {
     match signal {
-        Signal::Traces => BusBatch::Traces(ExportTraceServiceRequest {
-            resource_spans: payloads
-                .flat_map(|p| match p {
-                    Payload::Traces(v) => v,
-                    _ => Vec::new(),
-                })
-                .collect(),
-        }),
-        Signal::Metrics => BusBatch::Metrics(ExportMetricsServiceRequest {
-            resource_metrics: payloads
-                .flat_map(|p| match p {
-                    Payload::Metrics(v) => v,
-                    _ => Vec::new(),
-                })
-                .collect(),
-        }),
-        Signal::Logs => BusBatch::Logs(ExportLogsServiceRequest {
-            resource_logs: payloads
-                .flat_map(|p| match p {
-                    Payload::Logs(v) => v,
-                    _ => Vec::new(),
-                })
-                .collect(),
-        }),
-        Signal::Events => BusBatch::Events(PublishRequest {
-            events: payloads
-                .flat_map(|p| match p {
-                    Payload::Events(v) => v,
-                    _ => Vec::new(),
-                })
-                .collect(),
-        }),
-        Signal::XraySegments => BusBatch::XraySegments(
-            payloads
-                .flat_map(|p| match p {
-                    Payload::XraySegments(docs) => docs,
-                    _ => Vec::new(),
-                })
-                .collect(),
-        ),
-        Signal::Unspecified => unreachable!("not batched by lanes"),
+        Signal::Events => Encoding::EventsProto,
+        Signal::XraySegments => Encoding::XrayJson,
+        _ => Encoding::OtlpProto,
     }
 }
 
@@ -469,6 +434,7 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use tidewater_bus::{Ack, BusError, Position};
 
@@ -525,12 +491,13 @@ mod tests {
             }],
             ..Default::default()
         };
-        let bytes = rs.encoded_len();
         Part {
             partition,
-            payload: Payload::Traces(vec![rs]),
+            body: ExportTraceServiceRequest {
+                resource_spans: vec![rs],
+            }
+            .encode_to_vec(),
             items: 1,
-            bytes,
         }
     }
 
@@ -594,7 +561,7 @@ mod tests {
             ..Default::default()
         });
         let mut c = config(10);
-        c.memory_limit = bytesize::ByteSize::b(part(0, "x").bytes as u64);
+        c.memory_limit = bytesize::ByteSize::b(part(0, "x").bytes() as u64);
         let pipeline = Pipeline::start(&c, bus, "test".into());
         let err = pipeline
             .submit(Signal::Traces, vec![part(0, "x")])
@@ -635,9 +602,8 @@ mod tests {
     fn sized(bytes: usize, items: u32) -> Part {
         Part {
             partition: 0,
-            payload: Payload::Events(Vec::new()),
+            body: vec![0; bytes],
             items,
-            bytes,
         }
     }
 
@@ -646,7 +612,7 @@ mod tests {
         let sizes = |chunks: &[(Vec<Part>, usize)]| -> Vec<(Vec<usize>, usize)> {
             chunks
                 .iter()
-                .map(|(run, items)| (run.iter().map(|p| p.bytes).collect(), *items))
+                .map(|(run, items)| (run.iter().map(Part::bytes).collect(), *items))
                 .collect()
         };
         let parts = || {

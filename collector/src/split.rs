@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tidewater_proto::events::v1::PublishRequest;
-use tidewater_proto::Encoding;
+use tidewater_proto::Signal;
 
 use crate::partition::data_points;
 
@@ -23,12 +23,29 @@ pub enum BusBatch {
 }
 
 impl BusBatch {
-    pub fn encoding(&self) -> Encoding {
-        match self {
-            BusBatch::Events(_) => Encoding::EventsProto,
-            BusBatch::XraySegments(_) => Encoding::XrayJson,
-            _ => Encoding::OtlpProto,
-        }
+    /// A lane's payload as the message it encodes.
+    pub fn decode(signal: Signal, payload: &[u8]) -> Result<BusBatch, String> {
+        let invalid =
+            |e: prost::DecodeError| format!("a {} batch does not decode: {e}", signal.label());
+        Ok(match signal {
+            Signal::Traces => {
+                BusBatch::Traces(ExportTraceServiceRequest::decode(payload).map_err(invalid)?)
+            }
+            Signal::Metrics => {
+                BusBatch::Metrics(ExportMetricsServiceRequest::decode(payload).map_err(invalid)?)
+            }
+            Signal::Logs => {
+                BusBatch::Logs(ExportLogsServiceRequest::decode(payload).map_err(invalid)?)
+            }
+            Signal::Events => BusBatch::Events(PublishRequest::decode(payload).map_err(invalid)?),
+            Signal::XraySegments => BusBatch::XraySegments(
+                String::from_utf8_lossy(payload)
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            Signal::Unspecified => return Err("no signal".into()),
+        })
     }
 
     pub fn encode_to_vec(&self) -> Vec<u8> {

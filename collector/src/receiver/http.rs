@@ -15,6 +15,9 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -95,34 +98,40 @@ pub async fn serve(
 }
 
 async fn traces(State(s): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    otlp(
+    otlp::<ExportTraceServiceRequest, _, _, _>(
         &s,
         Signal::Traces,
         &headers,
         body,
-        |ingest, req| async move { ingest.traces(req, Transport::Http).await },
+        |ingest, req| async move { ingest.traces(&req, Transport::Http).await },
     )
     .await
 }
 
 async fn metrics(State(s): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    otlp(
+    otlp::<ExportMetricsServiceRequest, _, _, _>(
         &s,
         Signal::Metrics,
         &headers,
         body,
-        |ingest, req| async move { ingest.metrics(req, Transport::Http).await },
+        |ingest, req| async move { ingest.metrics(&req, Transport::Http).await },
     )
     .await
 }
 
 async fn logs(State(s): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    otlp(&s, Signal::Logs, &headers, body, |ingest, req| async move {
-        ingest.logs(req, Transport::Http).await
-    })
+    otlp::<ExportLogsServiceRequest, _, _, _>(
+        &s,
+        Signal::Logs,
+        &headers,
+        body,
+        |ingest, req| async move { ingest.logs(&req, Transport::Http).await },
+    )
     .await
 }
 
+/// An OTLP export: protobuf goes to `handle` as it came (the collector never decodes it);
+/// JSON is parsed as `Req` and encoded as protobuf first.
 async fn otlp<Req, Resp, F, Fut>(
     s: &HttpState,
     signal: Signal,
@@ -131,9 +140,9 @@ async fn otlp<Req, Resp, F, Fut>(
     handle: F,
 ) -> Response
 where
-    Req: Message + Default + DeserializeOwned,
+    Req: Message + DeserializeOwned,
     Resp: Message + Serialize,
-    F: FnOnce(Arc<Ingest>, Req) -> Fut,
+    F: FnOnce(Arc<Ingest>, Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, IngestError>>,
 {
     let format = match content_format(headers) {
@@ -142,13 +151,12 @@ where
     };
     let result = async {
         let bytes = read_body(headers, body, s.max_request_size).await?;
-        let request: Req = match format {
-            Format::Protobuf => Req::decode(bytes)
-                .map_err(|e| IngestError::BadRequest(format!("invalid OTLP protobuf: {e}")))?,
-            Format::Json => serde_json::from_slice(&bytes)
-                .map_err(|e| IngestError::BadRequest(format!("invalid OTLP JSON: {e}")))?,
-        };
-        Ok(request)
+        match format {
+            Format::Protobuf => Ok(bytes),
+            Format::Json => serde_json::from_slice::<Req>(&bytes)
+                .map(|request| Bytes::from(request.encode_to_vec()))
+                .map_err(|e| IngestError::BadRequest(format!("invalid OTLP JSON: {e}"))),
+        }
     }
     .await;
     let request = match result {

@@ -5,38 +5,37 @@
 //! sees every point of a series; events by user, so a user's events stay in order. Each part
 //! keeps its resource and scope so it stands on its own as an OTLP request.
 
+mod otlp;
+
+pub use otlp::{split_logs, split_metrics, split_traces, Split};
+
 use std::collections::HashMap;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{metric, ResourceMetrics};
+use opentelemetry_proto::tonic::metrics::v1::metric;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 use tidewater_bus::partition_for_hash;
-use tidewater_proto::events::v1::Event;
+use tidewater_proto::events::v1::{Event, PublishRequest};
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
-
-/// What one part carries, by signal.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    Traces(Vec<ResourceSpans>),
-    Metrics(Vec<ResourceMetrics>),
-    Logs(Vec<ResourceLogs>),
-    Events(Vec<Event>),
-    /// X-Ray segment documents from X-Ray SDK apps, one line each.
-    XraySegments(Vec<String>),
-}
 
 /// The share of a request bound for one partition.
 #[derive(Debug)]
 pub struct Part {
     pub partition: u32,
-    pub payload: Payload,
+    /// Encoded as it travels on the bus, so a lane's batch is its parts' bodies one after the
+    /// other: repeated fields of the signal's request message (`resource_spans`, ...,
+    /// `events`), or X-Ray segment documents one per line.
+    pub body: Vec<u8>,
     /// Spans, data points, log records or events.
     pub items: u32,
-    /// Encoded size, for batching and the memory bound.
-    pub bytes: usize,
+}
+
+impl Part {
+    /// Bytes held, for batching and the memory bound.
+    pub fn bytes(&self) -> usize {
+        self.body.len()
+    }
 }
 
 /// Items refused while splitting, reported to the client as OTLP partial success.
@@ -56,134 +55,6 @@ impl Rejected {
     }
 }
 
-pub fn split_traces(resource_spans: Vec<ResourceSpans>, partitions: u32) -> (Vec<Part>, Rejected) {
-    let mut rejected = Rejected::default();
-    let mut by_partition: HashMap<u32, Vec<ResourceSpans>> = HashMap::new();
-    for rs in resource_spans {
-        let mut per_partition: HashMap<u32, Vec<ScopeSpans>> = HashMap::new();
-        for ss in rs.scope_spans {
-            let mut spans_by_partition: HashMap<u32, Vec<_>> = HashMap::new();
-            for span in ss.spans {
-                if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
-                    rejected.add(|| {
-                        format!(
-                            "span {:?}: trace_id must be 16 bytes, not all zero (got {} bytes)",
-                            span.name,
-                            span.trace_id.len()
-                        )
-                    });
-                    continue;
-                }
-                if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
-                    rejected.add(|| {
-                        format!(
-                            "span {:?}: span_id must be 8 bytes, not all zero (got {} bytes)",
-                            span.name,
-                            span.span_id.len()
-                        )
-                    });
-                    continue;
-                }
-                let p = partition_for_hash(xxh3_128(&span.trace_id), partitions);
-                spans_by_partition.entry(p).or_default().push(span);
-            }
-            for (p, spans) in spans_by_partition {
-                per_partition.entry(p).or_default().push(ScopeSpans {
-                    scope: ss.scope.clone(),
-                    spans,
-                    schema_url: ss.schema_url.clone(),
-                });
-            }
-        }
-        for (p, scope_spans) in per_partition {
-            by_partition.entry(p).or_default().push(ResourceSpans {
-                resource: rs.resource.clone(),
-                scope_spans,
-                schema_url: rs.schema_url.clone(),
-            });
-        }
-    }
-    let parts = into_parts(by_partition, Payload::Traces, |r| {
-        r.scope_spans.iter().map(|s| s.spans.len() as u32).sum()
-    });
-    (parts, rejected)
-}
-
-pub fn split_metrics(
-    resource_metrics: Vec<ResourceMetrics>,
-    partitions: u32,
-) -> (Vec<Part>, Rejected) {
-    let mut rejected = Rejected::default();
-    let mut by_partition: HashMap<u32, Vec<ResourceMetrics>> = HashMap::new();
-    for mut rm in resource_metrics {
-        for sm in &mut rm.scope_metrics {
-            sm.metrics.retain(|m| {
-                if m.name.is_empty() {
-                    rejected.add(|| "metric without a name".to_string());
-                    false
-                } else if m.data.is_none() {
-                    rejected.add(|| {
-                        format!(
-                            "metric {:?} has no data (gauge, sum, histogram, ...)",
-                            m.name
-                        )
-                    });
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        rm.scope_metrics.retain(|sm| !sm.metrics.is_empty());
-        if rm.scope_metrics.is_empty() {
-            continue;
-        }
-        let p = partition_for_hash(resource_hash(rm.resource.as_ref()), partitions);
-        by_partition.entry(p).or_default().push(rm);
-    }
-    let parts = into_parts(by_partition, Payload::Metrics, |r| {
-        r.scope_metrics
-            .iter()
-            .flat_map(|s| &s.metrics)
-            .map(|m| data_points(m.data.as_ref()))
-            .sum()
-    });
-    (parts, rejected)
-}
-
-pub fn split_logs(resource_logs: Vec<ResourceLogs>, partitions: u32) -> (Vec<Part>, Rejected) {
-    let mut rejected = Rejected::default();
-    let mut by_partition: HashMap<u32, Vec<ResourceLogs>> = HashMap::new();
-    for mut rl in resource_logs {
-        for sl in &mut rl.scope_logs {
-            sl.log_records.retain(|r| {
-                // Trace context on a log record is optional, but when present it must be valid.
-                let ok = matches!(r.trace_id.len(), 0 | 16) && matches!(r.span_id.len(), 0 | 8);
-                if !ok {
-                    rejected.add(|| {
-                        format!("log record: trace_id must be empty or 16 bytes and span_id empty or 8 bytes (got {} and {})", r.trace_id.len(), r.span_id.len())
-                    });
-                }
-                ok
-            });
-        }
-        rl.scope_logs
-            .retain(|sl: &ScopeLogs| !sl.log_records.is_empty());
-        if rl.scope_logs.is_empty() {
-            continue;
-        }
-        let p = partition_for_hash(resource_hash(rl.resource.as_ref()), partitions);
-        by_partition.entry(p).or_default().push(rl);
-    }
-    let parts = into_parts(by_partition, Payload::Logs, |r| {
-        r.scope_logs
-            .iter()
-            .map(|s| s.log_records.len() as u32)
-            .sum()
-    });
-    (parts, rejected)
-}
-
 /// Events must already be validated.
 pub fn split_events(events: Vec<Event>, partitions: u32) -> Vec<Part> {
     let mut by_partition: HashMap<u32, Vec<Event>> = HashMap::new();
@@ -196,23 +67,12 @@ pub fn split_events(events: Vec<Event>, partitions: u32) -> Vec<Part> {
         let p = partition_for_hash(xxh3_128(user.as_bytes()), partitions);
         by_partition.entry(p).or_default().push(event);
     }
-    into_parts(by_partition, Payload::Events, |_| 1)
-}
-
-/// One part per partition from what was grouped by partition: `items` counts the items in one
-/// message, and sizes are the messages' encoded lengths.
-fn into_parts<T: Message>(
-    by_partition: HashMap<u32, Vec<T>>,
-    payload: fn(Vec<T>) -> Payload,
-    items: impl Fn(&T) -> u32,
-) -> Vec<Part> {
     by_partition
         .into_iter()
-        .map(|(partition, messages)| Part {
+        .map(|(partition, events)| Part {
             partition,
-            items: messages.iter().map(&items).sum(),
-            bytes: messages.iter().map(Message::encoded_len).sum(),
-            payload: payload(messages),
+            items: events.len() as u32,
+            body: PublishRequest { events }.encode_to_vec(),
         })
         .collect()
 }
@@ -241,11 +101,18 @@ pub fn split_xray_segments(segments: Vec<XraySegment>, partitions: u32) -> Vec<P
     }
     by_partition
         .into_iter()
-        .map(|(partition, docs)| Part {
-            partition,
-            items: docs.len() as u32,
-            bytes: docs.iter().map(|d| d.len() + 1).sum(),
-            payload: Payload::XraySegments(docs),
+        .map(|(partition, docs)| {
+            // The UDP receiver made each document a single line.
+            let mut body = Vec::with_capacity(docs.iter().map(|d| d.len() + 1).sum());
+            for d in &docs {
+                body.extend_from_slice(d.as_bytes());
+                body.push(b'\n');
+            }
+            Part {
+                partition,
+                items: docs.len() as u32,
+                body,
+            }
         })
         .collect()
 }
@@ -318,7 +185,8 @@ pub fn string_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1::Span;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
@@ -353,20 +221,29 @@ mod tests {
         }
     }
 
+    fn split(resource_spans: Vec<ResourceSpans>, partitions: u32) -> Split {
+        let request = ExportTraceServiceRequest { resource_spans }.encode_to_vec();
+        split_traces(&request, partitions).expect("valid request")
+    }
+
+    fn decoded(part: &Part) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest::decode(&part.body[..]).expect("a part is a request")
+    }
+
     #[test]
     fn spans_of_one_trace_share_a_partition_across_requests() {
-        let (a, _) = split_traces(vec![rs((1..=20).map(|t| span(t, 1)).collect())], 4);
-        let (b, _) = split_traces(vec![rs((1..=20).map(|t| span(t, 2)).collect())], 4);
+        let a = split(vec![rs((1..=20).map(|t| span(t, 1)).collect())], 4).parts;
+        let b = split(vec![rs((1..=20).map(|t| span(t, 2)).collect())], 4).parts;
         let where_is = |parts: &[Part], trace: u8| {
             parts
                 .iter()
-                .find(|p| match &p.payload {
-                    Payload::Traces(rs) => rs
+                .find(|p| {
+                    decoded(p)
+                        .resource_spans
                         .iter()
                         .flat_map(|r| &r.scope_spans)
                         .flat_map(|s| &s.spans)
-                        .any(|s| s.trace_id[0] == trace),
-                    _ => false,
+                        .any(|s| s.trace_id[0] == trace)
                 })
                 .map(|p| p.partition)
         };
@@ -380,9 +257,7 @@ mod tests {
         assert_eq!(a.iter().map(|p| p.items).sum::<u32>(), 20);
         // Resource and scope travel with every part.
         for p in &a {
-            let Payload::Traces(rs) = &p.payload else {
-                panic!()
-            };
+            let rs = decoded(p).resource_spans;
             assert_eq!(
                 string_attr(&rs[0].resource.as_ref().unwrap().attributes, "service.name"),
                 Some("a")
@@ -394,13 +269,15 @@ mod tests {
     fn invalid_ids_are_rejected_alone() {
         let mut bad = span(1, 1);
         bad.trace_id = vec![1, 2, 3];
-        let (parts, rejected) = split_traces(vec![rs(vec![bad, span(2, 2)])], 4);
-        assert_eq!(rejected.count, 1);
-        assert!(rejected
+        let split = split(vec![rs(vec![bad, span(2, 2)])], 4);
+        assert_eq!(split.rejected.count, 1);
+        assert_eq!(split.received, 2);
+        assert!(split
+            .rejected
             .message
             .unwrap()
             .contains("trace_id must be 16 bytes"));
-        assert_eq!(parts.iter().map(|p| p.items).sum::<u32>(), 1);
+        assert_eq!(split.parts.iter().map(|p| p.items).sum::<u32>(), 1);
     }
 
     #[test]
@@ -421,7 +298,7 @@ mod tests {
         }
         let mut sp = span(1, 1);
         sp.trace_id = otlp.to_vec();
-        let (spans, _) = split_traces(vec![rs(vec![sp])], 16);
+        let spans = split(vec![rs(vec![sp])], 16).parts;
         let segments = split_xray_segments(
             vec![
                 XraySegment {
