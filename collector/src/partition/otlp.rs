@@ -49,6 +49,9 @@ const HEAD: u32 = 1;
 const CHILDREN: u32 = 2;
 const SCHEMA_URL: u32 = 3;
 
+/// A kept item's partition until its resource's is known.
+const THE_RESOURCES: u32 = u32::MAX;
+
 pub fn split_traces(request: &[u8], partitions: u32) -> Result<Split, WireError> {
     split(
         request,
@@ -246,8 +249,9 @@ fn split(request: &[u8], partitions: u32, shape: &Shape) -> Result<Split, WireEr
                                 keyed_by_resource |= key.is_none();
                                 kept.push(Kept {
                                     scope: s,
-                                    partition: key
-                                        .map_or(u32::MAX, |h| partition_for_hash(h, partitions)),
+                                    partition: key.map_or(THE_RESOURCES, |h| {
+                                        partition_for_hash(h, partitions)
+                                    }),
                                     bytes: field.whole,
                                     count: item.count,
                                 });
@@ -272,7 +276,7 @@ fn split(request: &[u8], partitions: u32, shape: &Shape) -> Result<Split, WireEr
         if keyed_by_resource {
             let p =
                 partition_for_hash(resource_hash(Some(&decode_resource(resource)?)), partitions);
-            for k in kept.iter_mut().filter(|k| k.partition == u32::MAX) {
+            for k in kept.iter_mut().filter(|k| k.partition == THE_RESOURCES) {
                 k.partition = p;
             }
         }

@@ -32,22 +32,29 @@ pub enum Kind {
 
 pub struct Msg {
     pub name: &'static str,
-    /// Number, name (`[]` when repeated, for error paths with an index), kind.
+    /// Number, name (`[]` when repeated, for error paths with an index), kind; in order of
+    /// number, so a field is usually found at its number's offset from the first.
     pub fields: &'static [(u32, &'static str, Kind)],
 }
 
 impl Msg {
     fn field(&self, number: u32) -> Option<(&'static str, Kind)> {
-        self.fields
-            .iter()
-            .find(|(n, _, _)| *n == number)
-            .map(|(_, name, kind)| (*name, *kind))
+        let first = self.fields.first()?.0;
+        let guess = self.fields.get(number.wrapping_sub(first) as usize);
+        match guess {
+            Some(&(n, name, kind)) if n == number => Some((name, kind)),
+            _ => self
+                .fields
+                .iter()
+                .find(|(n, _, _)| *n == number)
+                .map(|(_, name, kind)| (*name, *kind)),
+        }
     }
 }
 
 /// Checks `bytes` as a `msg`.
 pub fn check(msg: &Msg, bytes: &[u8]) -> Result<(), WireError> {
-    check_at(msg, bytes, 1, &mut |_| {})
+    check_at(msg, bytes, 1, None)
 }
 
 /// Checks `bytes` as a `msg`, and shows each of its own fields to `visit` once checked, so a
@@ -57,14 +64,14 @@ pub fn check_visiting<'a>(
     bytes: &'a [u8],
     mut visit: impl FnMut(&Field<'a>),
 ) -> Result<(), WireError> {
-    check_at(msg, bytes, 1, &mut visit)
+    check_at(msg, bytes, 1, Some(&mut visit))
 }
 
 fn check_at<'a>(
     msg: &Msg,
     bytes: &'a [u8],
     depth: usize,
-    visit: &mut dyn FnMut(&Field<'a>),
+    mut visit: Option<&mut dyn FnMut(&Field<'a>)>,
 ) -> Result<(), WireError> {
     if depth > MAX_DEPTH {
         return Err(WireError::new(format!(
@@ -75,7 +82,9 @@ fn check_at<'a>(
         let field = field?;
         let Some((name, kind)) = msg.field(field.number) else {
             // Unknown fields are skipped, as prost does; their framing is already checked.
-            visit(&field);
+            if let Some(visit) = visit.as_mut() {
+                visit(&field);
+            }
             continue;
         };
         let checked = match (kind, field.value) {
@@ -86,7 +95,7 @@ fn check_at<'a>(
             (Kind::Str, Value::Len(b)) => str::from_utf8(b)
                 .map(|_| ())
                 .map_err(|_| WireError::new("string is not valid UTF-8")),
-            (Kind::Message(inner), Value::Len(b)) => check_at(inner, b, depth + 1, &mut |_| {}),
+            (Kind::Message(inner), Value::Len(b)) => check_at(inner, b, depth + 1, None),
             (Kind::RepeatedVarint, Value::Len(mut b)) => {
                 while !b.is_empty() {
                     decode_varint(&mut b).map_err(|e| WireError::new(e.to_string()))?;
@@ -106,7 +115,9 @@ fn check_at<'a>(
             ))),
         };
         checked.map_err(|e| e.within(path_name(bytes, position, field.number, name)))?;
-        visit(&field);
+        if let Some(visit) = visit.as_mut() {
+            visit(&field);
+        }
     }
     Ok(())
 }
