@@ -41,7 +41,7 @@ struct Args {
     items: usize,
     /// Requests in flight for the load curve and the flat-out points. The collector answers a
     /// request once its batch is durable, and a batch waits up to `collector.batch.timeout`
-    /// (200 ms) to fill, so a fixed rate needs rate × that much in flight.
+    /// (10 ms by default) to fill, so a fixed rate needs rate × that much in flight.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
     /// Also run traces/gRPC flat out with this few requests in flight (0: skip).
