@@ -1,8 +1,9 @@
 //! Batches parts per (signal, partition) and publishes them to the bus.
 //!
 //! Each partition of each signal has its own lane: a task that gathers parts until the batch is
-//! full or old enough, then encodes, compresses and publishes it, and only then acknowledges
-//! every request that contributed. A lane has at most one publish in flight, so batches of a
+//! full or old enough, then puts the parts' bytes one after another (they are already encoded
+//! as the bus carries them), compresses and publishes them, and only then acknowledges every
+//! request that contributed. A lane has at most one publish in flight, so batches of a
 //! partition reach the bus in the order they were received; while it publishes, new parts wait
 //! in its queue and go out together in the next batch, so batches grow as the bus slows.
 //!
