@@ -203,12 +203,29 @@ struct Scope<'a> {
     head: usize,
 }
 
+/// What a split has found so far, and its per-resource scratch (cleared for each resource).
+struct Scan<'a> {
+    partitions: u32,
+    shape: &'a Shape,
+    received: u64,
+    rejected: Rejected,
+    kept: Vec<Kept<'a>>,
+    scopes: Vec<Scope<'a>>,
+    /// Whether a kept item of this resource goes where its resource does.
+    keyed_by_resource: bool,
+}
+
 fn split(request: &[u8], partitions: u32, shape: &Shape) -> Result<Split, WireError> {
     let mut parts: Vec<Part> = Vec::new();
-    let mut received = 0u64;
-    let mut rejected = Rejected::default();
-    let mut kept: Vec<Kept> = Vec::new();
-    let mut scopes: Vec<Scope> = Vec::new();
+    let mut scan = Scan {
+        partitions,
+        shape,
+        received: 0,
+        rejected: Rejected::default(),
+        kept: Vec::new(),
+        scopes: Vec::new(),
+        keyed_by_resource: false,
+    };
     let mut targets: Vec<u32> = Vec::new();
     for (r, field) in Fields::new(request)
         .filter(|f| !matches!(f, Ok(f) if f.number != 1))
@@ -216,72 +233,23 @@ fn split(request: &[u8], partitions: u32, shape: &Shape) -> Result<Split, WireEr
     {
         let at_resource = |e: WireError| e.within(format!("{}[{r}]", shape.resources));
         let resource = field?.len_contents(shape.resources).map_err(at_resource)?;
-        kept.clear();
-        scopes.clear();
-        let mut head = 0;
-        let mut keyed_by_resource = false;
-        for field in Fields::new(resource) {
-            let field = field.map_err(at_resource)?;
-            match field.number {
-                CHILDREN => {
-                    let s = scopes.len();
-                    let at_scope =
-                        |e: WireError| at_resource(e.within(format!("{}[{s}]", shape.scopes)));
-                    let message = field.len_contents(shape.scopes).map_err(at_scope)?;
-                    let mut scope_head = 0;
-                    let mut i = 0;
-                    for field in Fields::new(message) {
-                        let field = field.map_err(at_scope)?;
-                        if field.number != CHILDREN {
-                            scope_head +=
-                                head_field(&field, &schema::INSTRUMENTATION_SCOPE, "scope")
-                                    .map_err(at_scope)?;
-                            continue;
-                        }
-                        let at_item =
-                            |e: WireError| at_scope(e.within(format!("{}[{i}]", shape.items)));
-                        let bytes = field.len_contents(shape.items).map_err(at_item)?;
-                        let item = (shape.inspect)(bytes).map_err(at_item)?;
-                        i += 1;
-                        received += u64::from(item.received);
-                        match item.verdict {
-                            Ok(key) => {
-                                keyed_by_resource |= key.is_none();
-                                kept.push(Kept {
-                                    scope: s,
-                                    partition: key.map_or(THE_RESOURCES, |h| {
-                                        partition_for_hash(h, partitions)
-                                    }),
-                                    bytes: field.whole,
-                                    count: item.count,
-                                });
-                            }
-                            Err(why) => rejected.add(|| why),
-                        }
-                    }
-                    scopes.push(Scope {
-                        message,
-                        head: scope_head,
-                    });
-                }
-                _ => {
-                    head +=
-                        head_field(&field, &schema::RESOURCE, "resource").map_err(at_resource)?
-                }
-            }
-        }
-        if kept.is_empty() {
+        let head = scan.resource(resource).map_err(at_resource)?;
+        if scan.kept.is_empty() {
             continue;
         }
-        if keyed_by_resource {
+        if scan.keyed_by_resource {
             let p =
                 partition_for_hash(resource_hash(Some(&decode_resource(resource)?)), partitions);
-            for k in kept.iter_mut().filter(|k| k.partition == THE_RESOURCES) {
+            for k in scan
+                .kept
+                .iter_mut()
+                .filter(|k| k.partition == THE_RESOURCES)
+            {
                 k.partition = p;
             }
         }
         targets.clear();
-        for k in &kept {
+        for k in &scan.kept {
             if !targets.contains(&k.partition) {
                 targets.push(k.partition);
             }
@@ -298,52 +266,96 @@ fn split(request: &[u8], partitions: u32, shape: &Shape) -> Result<Split, WireEr
                     parts.last_mut().expect("just pushed")
                 }
             };
-            write_resource(&mut part.body, resource, head, &scopes, &kept, p);
-            part.items += kept
-                .iter()
-                .filter(|k| k.partition == p)
-                .map(|k| k.count)
-                .sum::<u32>();
+            part.items += write_resource(&mut part.body, resource, head, &scan, p);
         }
     }
     Ok(Split {
         parts,
-        received,
-        rejected,
+        received: scan.received,
+        rejected: scan.rejected,
     })
 }
 
-/// Checks a resource- or scope-level field other than the items (resource or scope message,
-/// schema url) and returns how many bytes copying it takes; unknown fields are dropped, as a
-/// decode and encode would drop them.
-fn head_field(field: &Field, message: &Msg, name: &str) -> Result<usize, WireError> {
-    match field.number {
-        HEAD => {
-            schema::check(message, field.len_contents(name)?).map_err(|e| e.within(name))?;
-            Ok(field.whole.len())
+impl<'a> Scan<'a> {
+    /// Checks one `resource_*` message, keeps its valid items, and returns the size of its
+    /// own fields that are copied (resource, schema url).
+    fn resource(&mut self, resource: &'a [u8]) -> Result<usize, WireError> {
+        self.kept.clear();
+        self.scopes.clear();
+        self.keyed_by_resource = false;
+        let mut head = 0;
+        for field in Fields::new(resource) {
+            let field = field?;
+            if field.number != CHILDREN {
+                head += copied_len(&schema::RESOURCE_ENTRY, &field)?;
+                continue;
+            }
+            let s = self.scopes.len();
+            let at_scope = |e: WireError| e.within(format!("{}[{s}]", self.shape.scopes));
+            let message = field.len_contents(self.shape.scopes).map_err(at_scope)?;
+            let head = self.scope(s, message).map_err(at_scope)?;
+            self.scopes.push(Scope { message, head });
         }
-        SCHEMA_URL => {
-            std::str::from_utf8(field.len_contents("schema_url")?)
-                .map_err(|_| WireError::new("string is not valid UTF-8").within("schema_url"))?;
-            Ok(field.whole.len())
+        Ok(head)
+    }
+
+    /// Checks scope `s` of the resource, keeps its valid items, counts and refuses the rest,
+    /// and returns the size of its own fields that are copied (scope, schema url).
+    fn scope(&mut self, s: usize, message: &'a [u8]) -> Result<usize, WireError> {
+        let mut head = 0;
+        let mut i = 0;
+        for field in Fields::new(message) {
+            let field = field?;
+            if field.number != CHILDREN {
+                head += copied_len(&schema::SCOPE_ENTRY, &field)?;
+                continue;
+            }
+            let at_item = |e: WireError| e.within(format!("{}[{i}]", self.shape.items));
+            let bytes = field.len_contents(self.shape.items).map_err(at_item)?;
+            let item = (self.shape.inspect)(bytes).map_err(at_item)?;
+            i += 1;
+            self.received += u64::from(item.received);
+            match item.verdict {
+                Ok(key) => {
+                    self.keyed_by_resource |= key.is_none();
+                    self.kept.push(Kept {
+                        scope: s,
+                        partition: key
+                            .map_or(THE_RESOURCES, |h| partition_for_hash(h, self.partitions)),
+                        bytes: field.whole,
+                        count: item.count,
+                    });
+                }
+                Err(why) => self.rejected.add(|| why),
+            }
         }
-        _ => Ok(0),
+        Ok(head)
     }
 }
 
+/// Checks a `resource_*` or `scope_*` field other than the children, and returns how many
+/// bytes copying it takes: unknown fields are dropped, as a decode and encode would.
+fn copied_len(entry: &Msg, field: &Field) -> Result<usize, WireError> {
+    Ok(if schema::check_field(entry, field)? {
+        field.whole.len()
+    } else {
+        0
+    })
+}
+
 /// Appends one `resource_*` field holding the resource's own fields and, per scope with
-/// items bound for `partition`, one `scope_*` field with those items.
+/// items bound for `partition`, one `scope_*` field with those items; returns the items'
+/// count.
 fn write_resource(
     out: &mut Vec<u8>,
     resource: &[u8],
     head: usize,
-    scopes: &[Scope],
-    kept: &[Kept],
+    scan: &Scan,
     partition: u32,
-) {
-    let mine = || kept.iter().filter(move |k| k.partition == partition);
+) -> u32 {
+    let mine = || scan.kept.iter().filter(move |k| k.partition == partition);
     let scope_len = |s: usize| {
-        scopes[s].head
+        scan.scopes[s].head
             + mine()
                 .filter(|k| k.scope == s)
                 .map(|k| k.bytes.len())
@@ -361,11 +373,12 @@ fn write_resource(
     copy_head(out, resource);
     for s in used {
         put_nested(out, CHILDREN, scope_len(s));
-        copy_head(out, scopes[s].message);
+        copy_head(out, scan.scopes[s].message);
         for k in mine().filter(|k| k.scope == s) {
             out.extend_from_slice(k.bytes);
         }
     }
+    mine().map(|k| k.count).sum()
 }
 
 /// Copies the message's resource or scope and its schema url (already checked).

@@ -87,39 +87,55 @@ fn check_at<'a>(
             }
             continue;
         };
-        let checked = match (kind, field.value) {
-            (Kind::Varint | Kind::RepeatedVarint, Value::Varint(_))
-            | (Kind::I64 | Kind::RepeatedI64, Value::I64(_))
-            | (Kind::I32, Value::I32(_))
-            | (Kind::Bytes, Value::Len(_)) => Ok(()),
-            (Kind::Str, Value::Len(b)) => str::from_utf8(b)
-                .map(|_| ())
-                .map_err(|_| WireError::new("string is not valid UTF-8")),
-            (Kind::Message(inner), Value::Len(b)) => check_at(inner, b, depth + 1, None),
-            (Kind::RepeatedVarint, Value::Len(mut b)) => {
-                while !b.is_empty() {
-                    decode_varint(&mut b).map_err(|e| WireError::new(e.to_string()))?;
-                }
-                Ok(())
-            }
-            (Kind::RepeatedI64, Value::Len(b)) if b.len() % 8 == 0 => Ok(()),
-            (Kind::RepeatedI64, Value::Len(b)) => Err(WireError::new(format!(
-                "packed 64-bit values take {} bytes, not a multiple of 8",
-                b.len()
-            ))),
-            (_, value) => Err(WireError::new(format!(
-                "field {} of {} has wire type {}, which its type does not allow",
-                field.number,
-                msg.name,
-                value.wire_type()
-            ))),
-        };
-        checked.map_err(|e| e.within(path_name(bytes, position, field.number, name)))?;
+        check_value(msg, kind, &field, depth)
+            .map_err(|e| e.within(path_name(bytes, position, field.number, name)))?;
         if let Some(visit) = visit.as_mut() {
             visit(&field);
         }
     }
     Ok(())
+}
+
+/// Checks one field met in a `msg`, outside a walk of the whole message: the split walks the
+/// `resource_*` and `scope_*` messages itself and checks their other fields here. Returns
+/// whether the field is one of `msg`'s (an unknown one is skipped, as prost skips it).
+pub fn check_field(msg: &Msg, field: &Field) -> Result<bool, WireError> {
+    let Some((name, kind)) = msg.field(field.number) else {
+        return Ok(false);
+    };
+    check_value(msg, kind, field, 1).map_err(|e| e.within(name))?;
+    Ok(true)
+}
+
+#[inline]
+fn check_value(msg: &Msg, kind: Kind, field: &Field, depth: usize) -> Result<(), WireError> {
+    match (kind, field.value) {
+        (Kind::Varint | Kind::RepeatedVarint, Value::Varint(_))
+        | (Kind::I64 | Kind::RepeatedI64, Value::I64(_))
+        | (Kind::I32, Value::I32(_))
+        | (Kind::Bytes, Value::Len(_)) => Ok(()),
+        (Kind::Str, Value::Len(b)) => str::from_utf8(b)
+            .map(|_| ())
+            .map_err(|_| WireError::new("string is not valid UTF-8")),
+        (Kind::Message(inner), Value::Len(b)) => check_at(inner, b, depth + 1, None),
+        (Kind::RepeatedVarint, Value::Len(mut b)) => {
+            while !b.is_empty() {
+                decode_varint(&mut b).map_err(|e| WireError::new(e.to_string()))?;
+            }
+            Ok(())
+        }
+        (Kind::RepeatedI64, Value::Len(b)) if b.len() % 8 == 0 => Ok(()),
+        (Kind::RepeatedI64, Value::Len(b)) => Err(WireError::new(format!(
+            "packed 64-bit values take {} bytes, not a multiple of 8",
+            b.len()
+        ))),
+        (_, value) => Err(WireError::new(format!(
+            "field {} of {} has wire type {}, which its type does not allow",
+            field.number,
+            msg.name,
+            value.wire_type()
+        ))),
+    }
 }
 
 /// `name`, or `name[i]` for the i-th value of a repeated field (counted only on error).
@@ -188,6 +204,22 @@ pub static ENTITY_REF: Msg = Msg {
         (2, "type", Str),
         (3, "id_keys[]", Str),
         (4, "description_keys[]", Str),
+    ],
+};
+
+/// A `resource_spans`, `resource_metrics` or `resource_logs` message without its scopes
+/// (field 2), which a split walks itself.
+pub static RESOURCE_ENTRY: Msg = Msg {
+    name: "resource_*",
+    fields: &[(1, "resource", Message(&RESOURCE)), (3, "schema_url", Str)],
+};
+
+/// A `scope_spans`, `scope_metrics` or `scope_logs` message without its items (field 2).
+pub static SCOPE_ENTRY: Msg = Msg {
+    name: "scope_*",
+    fields: &[
+        (1, "scope", Message(&INSTRUMENTATION_SCOPE)),
+        (3, "schema_url", Str),
     ],
 };
 
