@@ -277,3 +277,254 @@ fn a_full_collector_pushes_back_with_retry_after_and_takes_the_retry() {
         .is_some()
     );
 }
+
+/// An event nested deeper than a processor can decode is refused alone, over HTTP and gRPC,
+/// while good events sent beside it (by the same client and by another, at the same moment) are
+/// all delivered: before, the collector took it over HTTP, the processor could not decode the
+/// bus record holding it and dead-lettered 50 acknowledged events with it.
+#[test]
+fn an_event_too_deep_for_the_bus_is_refused_alone_and_its_neighbours_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let tw = Tidewater::up(dir.path(), &[] as &[(&str, &str)]);
+    let events_url = tw.http_url("/v1/events");
+    let mut deep = json!("bottom");
+    for _ in 0..40 {
+        deep = json!({ "k": deep });
+    }
+    let good: Vec<Value> = (0..50)
+        .map(|i| json!({"message_id": format!("good-{i}"), "name": "Good", "user_id": "a"}))
+        .collect();
+    std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            json_post(
+                &events_url,
+                "application/json",
+                json!({ "events": good }).to_string(),
+            )
+        });
+        let (code, body) = json_post(
+            &events_url,
+            "application/json",
+            json!({"events": [
+                {"message_id": "deep", "name": "Deep", "user_id": "b", "properties": deep},
+                {"message_id": "beside-http", "name": "Beside", "user_id": "b"}
+            ]})
+            .to_string(),
+        );
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["accepted"], 1, "{body}");
+        assert_eq!(body["rejected"][0]["index"], 0, "{body}");
+        assert_eq!(body["rejected"][0]["field"], "properties", "{body}");
+        assert!(
+            body["rejected"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("nested"),
+            "{body}"
+        );
+        assert_eq!(
+            other.join().unwrap(),
+            (200, json!({"accepted": 50, "rejected": []}))
+        );
+    });
+
+    // gRPC: the same event is rejected by index; a malformed request is INVALID_ARGUMENT.
+    let deep_event = |id: &str| Event {
+        message_id: id.into(),
+        name: "Deep".into(),
+        user_id: "c".into(),
+        properties: tidewater_proto::json::struct_from_json(&deep),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let response = runtime.block_on(async {
+        let mut client = EventsServiceClient::connect(tw.grpc_url()).await.unwrap();
+        client
+            .publish(PublishRequest {
+                events: vec![
+                    deep_event("deep-grpc"),
+                    Event {
+                        message_id: "beside-grpc".into(),
+                        name: "Beside".into(),
+                        user_id: "c".into(),
+                        ..Default::default()
+                    },
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert_eq!(response.accepted, 1, "{response:?}");
+    assert_eq!(response.rejected[0].index, 0, "{response:?}");
+    let malformed = run_python(
+        r#"
+import grpc, sys
+channel = grpc.insecure_channel(sys.argv[1])
+publish = channel.unary_unary("/tidewater.events.v1.EventsService/Publish")
+try:
+    publish(b"\x0a\x7f\x01", timeout=10)
+    print("OK")
+except grpc.RpcError as e:
+    print(e.code().name, e.details())
+"#,
+        &[&format!("127.0.0.1:{}", tw.grpc)],
+    );
+    assert!(
+        malformed.starts_with("INVALID_ARGUMENT invalid PublishRequest"),
+        "{malformed}"
+    );
+
+    let ids = || -> Vec<String> {
+        tw.sink_lines("events")
+            .iter()
+            .map(|d| d["message_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let delivered = wait_for(Duration::from_secs(20), || {
+        let ids = ids();
+        (ids.len() >= 52).then_some(ids)
+    })
+    .unwrap_or_else(|| panic!("only {} of 52 good events delivered", ids().len()));
+    let mut delivered = delivered;
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 52);
+    assert!(!delivered.iter().any(|id| id.starts_with("deep")));
+    assert!(delivered.contains(&"beside-http".to_string()));
+    assert!(delivered.contains(&"beside-grpc".to_string()));
+    assert!(!tw
+        .dir
+        .join("tidewater-data/dead-letter/bus-records.ndjson")
+        .exists());
+}
+
+/// Writes an HTTP/1.1 POST of `body` in `chunk`-byte pieces `pause` apart; the status, or
+/// `None` when the collector closed the connection on an upload it refused mid-body.
+fn slow_post(port: u16, path: &str, body: &[u8], chunk: usize, pause: Duration) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    for piece in body.chunks(chunk) {
+        if s.write_all(piece).is_err() {
+            break;
+        }
+        std::thread::sleep(pause);
+    }
+    let mut response = Vec::new();
+    let _ = s.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ').nth(1).and_then(|code| code.parse().ok())
+}
+
+/// Many concurrent slow uploads of 4 MiB bodies (and gRPC exports beside them) against a 64 MiB
+/// memory limit: bodies are counted before they are held, so what does not fit is refused
+/// (429 / RESOURCE_EXHAUSTED), what was accepted is published, the process stays within the
+/// limit plus a fixed overhead, and a stalled upload is cut off by `body_timeout` while others
+/// are served.
+#[test]
+fn concurrent_uploads_stay_within_the_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tw = Tidewater::run(
+        "collector",
+        dir.path(),
+        &[
+            ("TIDEWATER_COLLECTOR__MEMORY_LIMIT", "64MiB"),
+            ("TIDEWATER_COLLECTOR__BODY_TIMEOUT", "3s"),
+        ],
+    );
+    let blob = "x".repeat(4000);
+    let events: Vec<Value> = (0..1000)
+        .map(|i| json!({"name": "Upload", "user_id": format!("u{i}"), "timestamp": 1_700_000_000_000u64 + i, "properties": {"blob": blob}}))
+        .collect();
+    let body = json!({ "events": events }).to_string().into_bytes();
+    assert!(body.len() > 4_000_000);
+    const UPLOADS: usize = 128;
+    let statuses: Vec<Option<u16>> = std::thread::scope(|s| {
+        // A client that declares a body, sends a little and stalls: cut off by body_timeout
+        // (408), while the others go on meanwhile.
+        let stalled = s.spawn(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", tw.http)).unwrap();
+            let head = "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"events\": [";
+            s.write_all(head.as_bytes()).unwrap();
+            let mut response = String::new();
+            let _ = s.read_to_string(&mut response);
+            response
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let grpc = s.spawn(|| {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let mut codes = Vec::new();
+                for batch in 0..32 {
+                    let mut client = TraceServiceClient::connect(tw.grpc_url()).await.unwrap();
+                    codes.push(match client.export(otlp_traces(batch, 200, 20)).await {
+                        Ok(_) => tonic::Code::Ok,
+                        Err(status) => status.code(),
+                    });
+                }
+                codes
+            })
+        });
+        let uploads: Vec<_> = (0..UPLOADS)
+            .map(|_| {
+                s.spawn(|| {
+                    slow_post(
+                        tw.http,
+                        "/v1/events",
+                        &body,
+                        512 * 1024,
+                        Duration::from_millis(100),
+                    )
+                })
+            })
+            .collect();
+        let statuses = uploads.into_iter().map(|u| u.join().unwrap()).collect();
+        let stalled = stalled.join().unwrap();
+        assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+        assert!(stalled.contains("body_timeout"), "{stalled}");
+        for code in grpc.join().unwrap() {
+            assert!(
+                matches!(code, tonic::Code::Ok | tonic::Code::ResourceExhausted),
+                "{code:?}"
+            );
+        }
+        statuses
+    });
+    let ok = statuses.iter().filter(|s| **s == Some(200)).count();
+    let refused = statuses.iter().filter(|s| **s == Some(429)).count();
+    assert!(ok > 0, "{statuses:?}");
+    assert_eq!(
+        ok + refused + statuses.iter().filter(|s| s.is_none()).count(),
+        UPLOADS,
+        "only 200, 429 or a refused upload's closed connection: {statuses:?}"
+    );
+    let peak = tw.peak_rss();
+    eprintln!(
+        "{UPLOADS} uploads of {} bytes: {ok} accepted, {refused} refused 429; peak RSS {:.1} MiB",
+        body.len(),
+        peak as f64 / (1024.0 * 1024.0)
+    );
+    // The documented overhead beyond memory_limit (README, Limits).
+    assert!(peak < (64 + 64) * 1024 * 1024, "peak RSS {peak}");
+    let metrics = tw.metrics();
+    assert!(
+        metrics.contains(
+            "tidewater_collector_refused_requests_total{signal=\"events\",reason=\"timeout\"} 1"
+        ),
+        "the stalled upload is cut off: {metrics}"
+    );
+    let published = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with("tidewater_collector_published_items_total{signal=\"events\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(published(&metrics), 1000 * ok as u64, "{metrics}");
+}

@@ -15,6 +15,12 @@ pub struct CollectorConfig {
     /// The X-Ray daemon's UDP protocol, for apps instrumented with the AWS X-Ray SDKs
     /// (`AWS_XRAY_DAEMON_ADDRESS`). 2000 is the daemon's own port.
     pub xray_udp_addr: SocketAddr,
+    /// Receive buffer of the X-Ray UDP socket. X-Ray SDKs send in bursts (a segment or
+    /// subsegment per datagram) and the kernel drops datagrams silently once the buffer is
+    /// full, so the default is far above the kernel's. The kernel caps the request at
+    /// `net.core.rmem_max` unless the process has CAP_NET_ADMIN, in which case SO_RCVBUFFORCE
+    /// lifts the cap.
+    pub xray_udp_receive_buffer: ByteSize,
     /// Largest request accepted, after decompression. Beyond it: HTTP 413, gRPC RESOURCE_EXHAUSTED.
     pub max_request_size: ByteSize,
     /// Most events in one publish request.
@@ -31,6 +37,23 @@ pub struct CollectorConfig {
     /// Sent with every refusal (Retry-After, gRPC RetryInfo).
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Connections each listener (gRPC, HTTP) holds open at once. At the cap a listener stops
+    /// accepting until one closes (new connections wait in the kernel's backlog), so a flood
+    /// of idle connections cannot exhaust the process's open files.
+    pub max_connections: usize,
+    /// Requests in flight on one HTTP/2 connection (gRPC and HTTP/2 clients).
+    pub max_concurrent_streams: u32,
+    /// Largest request header block, HTTP/1 and HTTP/2.
+    pub max_header_size: ByteSize,
+    /// A request body must arrive whole within this, or the request is refused (HTTP 408,
+    /// gRPC DEADLINE_EXCEEDED) and the memory it took is given back: a slow sender cannot
+    /// hold its share of `memory_limit` for long.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// An HTTP/1 connection waiting this long for its next request's headers is closed; HTTP/2
+    /// connections are pinged at this interval and closed when the peer stops answering.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     pub batch: BatchConfig,
 }
 
@@ -58,12 +81,18 @@ impl Default for CollectorConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
             xray_udp_addr: SocketAddr::from(([127, 0, 0, 1], 2000)),
+            xray_udp_receive_buffer: ByteSize::mib(8),
             max_request_size: ByteSize::mib(16),
             max_events_per_batch: 1000,
             max_event_size: ByteSize::kib(64),
             memory_limit: ByteSize::mib(64),
             ack_timeout: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
+            max_connections: 256,
+            max_concurrent_streams: 64,
+            max_header_size: ByteSize::kib(16),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             batch: BatchConfig::default(),
         }
     }

@@ -17,6 +17,9 @@ pub enum IngestError {
     /// Over a configured size or count limit. Not retryable as is.
     #[error("{0}")]
     TooLarge(String),
+    /// The request's body did not arrive within `body_timeout`. The client may retry.
+    #[error("{0}")]
+    Timeout(String),
     /// The collector's memory bound is reached: try again shortly.
     #[error(
         "collector is at its memory limit ({limit} bytes buffered awaiting the bus); retry later"
@@ -36,6 +39,7 @@ impl IngestError {
             IngestError::BadRequest(_) => StatusCode::BAD_REQUEST,
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngestError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -55,6 +59,7 @@ impl IngestError {
             IngestError::BadRequest(_) => "bad_request",
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::TooLarge(_) => "too_large",
+            IngestError::Timeout(_) => "timeout",
             IngestError::Busy { .. } => "busy",
             IngestError::Unavailable { .. } => "unavailable",
         }
@@ -68,6 +73,7 @@ impl IngestError {
                 Code::InvalidArgument
             }
             IngestError::TooLarge(_) | IngestError::Busy { .. } => Code::ResourceExhausted,
+            IngestError::Timeout(_) => Code::DeadlineExceeded,
             IngestError::Unavailable { .. } => Code::Unavailable,
         };
         match self.retry_after() {

@@ -12,6 +12,8 @@ use tidewater_proto::events::v1::{Event, RejectedEvent};
 use tidewater_proto::json::struct_from_json;
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::wire::{Fields, WireError};
+
 /// Identifiers and names longer than this are refused rather than truncated.
 pub const MAX_ID_LEN: usize = 256;
 /// Clocks drift; events stamped further in the future than this are refused.
@@ -88,6 +90,22 @@ pub fn validate(
             ));
         }
     }
+    if let Some(reason) = tidewater_proto::depth::event_too_deep(&event) {
+        let field = if event
+            .properties
+            .as_ref()
+            .map(tidewater_proto::depth::struct_depth)
+            >= event
+                .context
+                .as_ref()
+                .map(tidewater_proto::depth::struct_depth)
+        {
+            "properties"
+        } else {
+            "context"
+        };
+        return Err(reject(&event, field, reason));
+    }
     let size = event.encoded_len();
     if size > limits.max_event_size {
         return Err(reject(
@@ -100,7 +118,16 @@ pub fn validate(
         ));
     }
     if event.message_id.is_empty() {
-        event.message_id = format!("{:032x}", xxh3_128(&event.encode_to_vec()));
+        event.message_id = if event.timestamp.is_some() {
+            // A client's retry carries the same content and timestamp, so it gets the same id
+            // and is stored once downstream.
+            format!("{:032x}", xxh3_128(&event.encode_to_vec()))
+        } else {
+            // Nothing tells two identical events without a time apart from a retry of one:
+            // a fresh id keeps both (a retry of such an event may then be stored twice, which
+            // beats silently merging two real events into one).
+            uuid::Uuid::now_v7().simple().to_string()
+        };
     }
     let now_ts = Timestamp::from(now);
     if event.timestamp.is_none() {
@@ -146,6 +173,28 @@ pub fn from_json(value: &Value, index: usize) -> Result<Event, RejectedEvent> {
     Ok(event)
 }
 
+/// The events of an encoded `PublishRequest`, each decoded alone so that one malformed event is
+/// rejected by its index while the others go on. `Err` only when the request's own framing is
+/// broken. Unknown fields are skipped, as prost would.
+pub fn from_protobuf(request: &[u8]) -> Result<Vec<Result<Event, RejectedEvent>>, WireError> {
+    let mut events = Vec::new();
+    for field in Fields::new(request) {
+        let field = field?;
+        if field.number != 1 {
+            continue;
+        }
+        let bytes = field.len_contents("events")?;
+        let index = events.len();
+        events.push(Event::decode(bytes).map_err(|e| RejectedEvent {
+            index: index as u32,
+            message_id: String::new(),
+            field: "event".into(),
+            reason: format!("not a valid Event: {e}"),
+        }));
+    }
+    Ok(events)
+}
+
 fn string(v: &Value) -> Result<String, String> {
     match v {
         Value::String(s) => Ok(s.clone()),
@@ -170,7 +219,9 @@ fn timestamp(v: &Value) -> Result<Option<Timestamp>, String> {
             .map(|t| {
                 Some(Timestamp {
                     seconds: t.timestamp(),
-                    nanos: t.timestamp_subsec_nanos() as i32,
+                    // chrono gives a leap second (`23:59:60`) nanos past 10^9, which protobuf
+                    // refuses; like Unix time, take it as the end of the second before.
+                    nanos: t.timestamp_subsec_nanos().min(999_999_999) as i32,
                 })
             })
             .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}")),
@@ -282,12 +333,79 @@ mod tests {
     }
 
     #[test]
-    fn missing_message_id_is_derived_from_content() {
+    fn missing_message_id_is_derived_from_content_and_time() {
         let v = json!({"name": "x", "anonymous_id": "a", "timestamp": 1_700_000_000_000u64});
         let a = parse_and_validate(v.clone()).unwrap();
         let b = parse_and_validate(v).unwrap();
         assert_eq!(a.message_id.len(), 32);
         assert_eq!(a.message_id, b.message_id);
+        // Without a time, identical events are two events, not one sent twice.
+        let v = json!({"name": "x", "anonymous_id": "a"});
+        let a = parse_and_validate(v.clone()).unwrap();
+        let b = parse_and_validate(v).unwrap();
+        assert_eq!(a.message_id.len(), 32);
+        assert_ne!(a.message_id, b.message_id);
+    }
+
+    #[test]
+    fn a_leap_second_is_the_last_instant_of_its_minute() {
+        let e = parse_and_validate(
+            json!({"name": "x", "user_id": "u", "timestamp": "2016-12-31T23:59:60.5Z"}),
+        )
+        .unwrap();
+        let ts = e.timestamp.unwrap();
+        assert_eq!((ts.seconds, ts.nanos), (1_483_228_799, 999_999_999));
+    }
+
+    #[test]
+    fn properties_too_deep_for_the_bus_are_refused_alone() {
+        let mut deep = json!(1);
+        for _ in 0..40 {
+            deep = json!({ "k": deep });
+        }
+        let r = parse_and_validate(json!({"name": "x", "user_id": "u", "properties": deep}))
+            .unwrap_err();
+        assert_eq!(r.field, "properties");
+        assert!(r.reason.contains("nested"), "{}", r.reason);
+        let mut ok = json!(1);
+        for _ in 0..20 {
+            ok = json!({ "k": ok });
+        }
+        parse_and_validate(json!({"name": "x", "user_id": "u", "context": ok})).unwrap();
+    }
+
+    #[test]
+    fn a_malformed_protobuf_event_is_rejected_alone() {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let good = Event {
+            name: "x".into(),
+            user_id: "u".into(),
+            ..Default::default()
+        };
+        let mut request = tidewater_proto::events::v1::PublishRequest {
+            events: vec![good.clone()],
+        }
+        .encode_to_vec();
+        // events[1]: a string field holding invalid UTF-8.
+        let bad = [0x12, 0x02, 0xff, 0xfe];
+        encode_key(1, WireType::LengthDelimited, &mut request);
+        encode_varint(bad.len() as u64, &mut request);
+        request.extend_from_slice(&bad);
+        request.extend(
+            tidewater_proto::events::v1::PublishRequest { events: vec![good] }.encode_to_vec(),
+        );
+        let events = from_protobuf(&request).unwrap();
+        assert_eq!(events.len(), 3);
+        assert!(events[0].is_ok() && events[2].is_ok());
+        let r = events[1].as_ref().unwrap_err();
+        assert_eq!((r.index, r.field.as_str()), (1, "event"));
+        assert!(
+            r.reason.contains("UTF-8") || r.reason.contains("utf"),
+            "{}",
+            r.reason
+        );
+        // A broken frame is the whole request's problem.
+        assert!(from_protobuf(&[0x0a, 0x7f, 0x01]).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tidewater_proto::Signal;
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::events::{self, Limits};
+use crate::memory::Held;
 use crate::partition::{self, Part, Rejected, Split, XraySegment};
 use crate::pipeline::Pipeline;
 use crate::wire::WireError;
@@ -65,9 +66,16 @@ impl Ingest {
         &self,
         request: &[u8],
         transport: Transport,
+        held: Held,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         let rejected = self
-            .otlp(Signal::Traces, transport, partition::split_traces, request)
+            .otlp(
+                Signal::Traces,
+                transport,
+                partition::split_traces,
+                request,
+                held,
+            )
             .await?;
         Ok(ExportTraceServiceResponse {
             partial_success: rejected.map(|(count, error_message)| ExportTracePartialSuccess {
@@ -83,6 +91,7 @@ impl Ingest {
         &self,
         request: &[u8],
         transport: Transport,
+        held: Held,
     ) -> Result<ExportMetricsServiceResponse, IngestError> {
         let rejected = self
             .otlp(
@@ -90,6 +99,7 @@ impl Ingest {
                 transport,
                 partition::split_metrics,
                 request,
+                held,
             )
             .await?;
         Ok(ExportMetricsServiceResponse {
@@ -106,9 +116,16 @@ impl Ingest {
         &self,
         request: &[u8],
         transport: Transport,
+        held: Held,
     ) -> Result<ExportLogsServiceResponse, IngestError> {
         let rejected = self
-            .otlp(Signal::Logs, transport, partition::split_logs, request)
+            .otlp(
+                Signal::Logs,
+                transport,
+                partition::split_logs,
+                request,
+                held,
+            )
             .await?;
         Ok(ExportLogsServiceResponse {
             partial_success: rejected.map(|(count, error_message)| ExportLogsPartialSuccess {
@@ -124,6 +141,7 @@ impl Ingest {
         transport: Transport,
         split: fn(&[u8], u32) -> Result<Split, WireError>,
         request: &[u8],
+        held: Held,
     ) -> Result<Option<(i64, String)>, IngestError> {
         let split = split(request, self.pipeline.partitions()).map_err(|e| {
             self.refuse(
@@ -137,6 +155,7 @@ impl Ingest {
             split.received,
             split.parts,
             split.rejected,
+            held,
         )
         .await
     }
@@ -147,6 +166,7 @@ impl Ingest {
         &self,
         events: Vec<Result<Event, RejectedEvent>>,
         transport: Transport,
+        held: Held,
     ) -> Result<PublishResponse, IngestError> {
         if events.len() > self.max_events_per_batch {
             return Err(self.refuse(
@@ -176,7 +196,7 @@ impl Ingest {
                 .first()
                 .map(|r| format!("event {}: {}: {}", r.index, r.field, r.reason)),
         };
-        self.accept(Signal::Events, transport, received, parts, summary)
+        self.accept(Signal::Events, transport, received, parts, summary, held)
             .await?;
         Ok(PublishResponse {
             accepted: accepted as u32,
@@ -194,6 +214,7 @@ impl Ingest {
             received,
             parts,
             Rejected::default(),
+            Held::none(),
         )
         .await
         .map(|_| ())
@@ -208,11 +229,12 @@ impl Ingest {
         received: u64,
         parts: Vec<Part>,
         rejected: Rejected,
+        held: Held,
     ) -> Result<Option<(i64, String)>, IngestError> {
         let label = signal.label();
         metrics::counter!("tidewater_collector_received_items_total", "signal" => label, "transport" => transport.label()).increment(received);
         let accepted: u64 = parts.iter().map(|p| p.items as u64).sum();
-        if let Err(e) = self.pipeline.submit(signal, parts).await {
+        if let Err(e) = self.pipeline.submit(signal, parts, held).await {
             return Err(self.refuse(signal, e));
         }
         metrics::counter!("tidewater_collector_accepted_items_total", "signal" => label)
@@ -232,6 +254,11 @@ impl Ingest {
             rejected.count as i64,
             rejected.message.unwrap_or_default(),
         )))
+    }
+
+    /// The bound a receiver counts a request's body against before handing it here.
+    pub fn memory(&self) -> &std::sync::Arc<crate::memory::Memory> {
+        self.pipeline.memory()
     }
 
     pub fn refuse(&self, signal: Signal, e: IngestError) -> IngestError {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod ingest;
+pub mod memory;
 pub mod partition;
 pub mod pipeline;
 pub mod receiver;
@@ -43,24 +44,20 @@ impl Collector {
     ) -> anyhow::Result<Collector> {
         let pipeline = pipeline::Pipeline::start(config, producer, producer_name);
         let ingest = Arc::new(ingest::Ingest::new(pipeline.clone(), config));
-        let max_request_size = config.max_request_size.as_u64() as usize;
         let stop = CancellationToken::new();
-        let (grpc_addr, grpc) = receiver::grpc::serve(
-            config.grpc_addr,
-            ingest.clone(),
-            max_request_size,
+        let (grpc_addr, grpc) =
+            receiver::grpc::serve(config.grpc_addr, ingest.clone(), config, stop.child_token())
+                .await?;
+        let (http_addr, http) =
+            receiver::http::serve(config.http_addr, ingest.clone(), config, stop.child_token())
+                .await?;
+        let (xray_udp_addr, xray_udp) = receiver::xray_udp::serve(
+            config.xray_udp_addr,
+            config.xray_udp_receive_buffer,
+            ingest,
             stop.child_token(),
         )
         .await?;
-        let (http_addr, http) = receiver::http::serve(
-            config.http_addr,
-            ingest.clone(),
-            max_request_size,
-            stop.child_token(),
-        )
-        .await?;
-        let (xray_udp_addr, xray_udp) =
-            receiver::xray_udp::serve(config.xray_udp_addr, ingest, stop.child_token()).await?;
         Ok(Collector {
             grpc_addr,
             http_addr,

@@ -7,9 +7,9 @@
 //! partition reach the bus in the order they were received; while it publishes, new parts wait
 //! in its queue and go out together in the next batch, so batches grow as the bus slows.
 //!
-//! Memory is bounded by a semaphore counting the bytes of parts accepted but not yet durable;
-//! a request that does not fit is refused at once (the client retries later) rather than
-//! queued.
+//! Memory is bounded by [`crate::memory`]: a request arrives holding what its body took, and
+//! keeps exactly its parts' bytes until they are durable; a request that does not fit is
+//! refused at once (the client retries later) rather than queued.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,13 +19,14 @@ use futures::future::try_join_all;
 use prost::Message;
 use tidewater_bus::{PartitionKey, Producer};
 use tidewater_proto::{Compression, Encoding, Envelope, Signal};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
+use crate::memory::{Held, Memory};
 use crate::partition::Part;
 use crate::split::BusBatch;
 
@@ -44,14 +45,13 @@ struct Submission {
     part: Part,
     ack: oneshot::Sender<AckResult>,
     /// Released when the part is durable (or failed): that frees its share of the memory bound.
-    _permit: OwnedSemaphorePermit,
+    _held: Held,
 }
 
 pub struct Pipeline {
     /// `lanes[signal index][partition]`.
     lanes: Vec<Vec<mpsc::UnboundedSender<Submission>>>,
-    memory: Arc<Semaphore>,
-    memory_limit: usize,
+    memory: Arc<Memory>,
     ack_timeout: Duration,
     retry_after: Duration,
     stop: CancellationToken,
@@ -64,11 +64,8 @@ impl Pipeline {
         producer: Arc<dyn Producer>,
         producer_name: String,
     ) -> Arc<Self> {
+        let memory = Memory::new(config.memory_limit.as_u64(), config.retry_after);
         let partitions = producer.partitions().max(1);
-        let memory_limit = usize::try_from(config.memory_limit.as_u64())
-            .unwrap_or(usize::MAX)
-            // Permits are taken per request as a u32.
-            .min(u32::MAX as usize);
         let mut tasks = JoinSet::new();
         let stop = CancellationToken::new();
         let lanes = SIGNALS
@@ -94,11 +91,9 @@ impl Pipeline {
                     .collect()
             })
             .collect();
-        metrics::gauge!("tidewater_collector_memory_limit_bytes").set(memory_limit as f64);
         Arc::new(Pipeline {
             lanes,
-            memory: Arc::new(Semaphore::new(memory_limit)),
-            memory_limit,
+            memory,
             ack_timeout: config.ack_timeout,
             retry_after: config.retry_after,
             stop,
@@ -106,12 +101,24 @@ impl Pipeline {
         })
     }
 
+    /// The bound receivers count request bodies against before handing them here.
+    pub fn memory(&self) -> &Arc<Memory> {
+        &self.memory
+    }
+
     pub fn partitions(&self) -> u32 {
         self.lanes[0].len() as u32
     }
 
-    /// Hands `parts` to their lanes and waits until all of them are durable on the bus.
-    pub async fn submit(&self, signal: Signal, parts: Vec<Part>) -> Result<(), IngestError> {
+    /// Hands `parts` to their lanes and waits until all of them are durable on the bus. `held`
+    /// is what the request already counts against the memory bound (its body); it becomes
+    /// exactly the parts' bytes, each part holding its share until it is durable.
+    pub async fn submit(
+        &self,
+        signal: Signal,
+        parts: Vec<Part>,
+        mut held: Held,
+    ) -> Result<(), IngestError> {
         if parts.is_empty() {
             return Ok(());
         }
@@ -121,21 +128,7 @@ impl Pipeline {
             .expect("batched signal");
         // Every part holds at least one permit so that an empty-looking part still counts.
         let total: usize = parts.iter().map(|p| p.bytes().max(1)).sum();
-        if total > self.memory_limit {
-            return Err(IngestError::TooLarge(format!(
-                "request needs {total} bytes buffered, more than the collector's memory_limit of {} bytes",
-                self.memory_limit
-            )));
-        }
-        let mut permit = self
-            .memory
-            .clone()
-            .try_acquire_many_owned(total as u32)
-            .map_err(|_| {
-                metrics::counter!("tidewater_collector_memory_refusals_total", "signal" => signal.label()).increment(1);
-                IngestError::Busy { limit: self.memory_limit, retry_after: self.retry_after }
-            })?;
-        self.report_buffered();
+        self.memory.resize(&mut held, total, signal.label())?;
         let items: u64 = parts.iter().map(|p| p.items as u64).sum();
         let label = signal.label();
         metrics::gauge!("tidewater_collector_queued_items", "signal" => label)
@@ -144,21 +137,19 @@ impl Pipeline {
             .increment(total as f64);
         let mut acks = Vec::with_capacity(parts.len());
         for part in parts {
-            let share = permit
-                .split(part.bytes().max(1))
-                .expect("permits were sized from the parts");
+            let share = held.split(part.bytes().max(1));
             let (ack, done) = oneshot::channel();
             let lane = &self.lanes[signal_index][part.partition as usize];
             lane.send(Submission {
                 part,
                 ack,
-                _permit: share,
+                _held: share,
             })
             .map_err(|_| self.shutting_down())?;
             acks.push(done);
         }
         let outcome = tokio::time::timeout(self.ack_timeout, try_join_all(acks)).await;
-        self.report_buffered();
+        self.memory.report();
         match outcome {
             Err(_) => Err(IngestError::Unavailable {
                 reason: format!(
@@ -185,11 +176,6 @@ impl Pipeline {
         }
     }
 
-    fn report_buffered(&self) {
-        let buffered = self.memory_limit - self.memory.available_permits();
-        metrics::gauge!("tidewater_collector_buffered_bytes").set(buffered as f64);
-    }
-
     /// Stops taking parts, publishes what the lanes hold, and waits for them.
     pub async fn shutdown(&self) {
         self.stop.cancel();
@@ -214,7 +200,7 @@ struct Lane {
 struct Batch {
     parts: Vec<Part>,
     acks: Vec<oneshot::Sender<AckResult>>,
-    permits: Vec<OwnedSemaphorePermit>,
+    held: Vec<Held>,
     items: usize,
     bytes: usize,
 }
@@ -225,7 +211,7 @@ impl Batch {
         self.bytes += s.part.bytes();
         self.parts.push(s.part);
         self.acks.push(s.ack);
-        self.permits.push(s._permit);
+        self.held.push(s._held);
     }
 }
 
@@ -261,7 +247,7 @@ impl Lane {
         let Batch {
             parts,
             acks,
-            permits,
+            held,
             items,
             bytes,
         } = batch;
@@ -286,12 +272,12 @@ impl Lane {
             }
             Err(e) => Err(Arc::<str>::from(e)),
         };
-        let held: usize = permits.iter().map(|p| p.num_permits()).sum();
-        drop(permits);
+        let held_bytes: usize = held.iter().map(Held::bytes).sum();
+        drop(held);
         metrics::gauge!("tidewater_collector_queued_items", "signal" => self.signal.label())
             .decrement(items as f64);
         metrics::gauge!("tidewater_collector_queued_bytes", "signal" => self.signal.label())
-            .decrement(held as f64);
+            .decrement(held_bytes as f64);
         for ack in acks {
             let _ = ack.send(result.clone());
         }
@@ -519,8 +505,12 @@ mod tests {
         let bus = Arc::new(FakeBus::default());
         let pipeline = Pipeline::start(&config(50), bus.clone(), "test".into());
         let (a, b) = tokio::join!(
-            pipeline.submit(Signal::Traces, vec![part(0, "a1"), part(1, "b1")]),
-            pipeline.submit(Signal::Traces, vec![part(0, "a2")]),
+            pipeline.submit(
+                Signal::Traces,
+                vec![part(0, "a1"), part(1, "b1")],
+                Held::none()
+            ),
+            pipeline.submit(Signal::Traces, vec![part(0, "a2")], Held::none()),
         );
         a.unwrap();
         b.unwrap();
@@ -544,7 +534,7 @@ mod tests {
         });
         let pipeline = Pipeline::start(&config(10), bus, "test".into());
         let err = pipeline
-            .submit(Signal::Traces, vec![part(0, "x")])
+            .submit(Signal::Traces, vec![part(0, "x")], Held::none())
             .await
             .unwrap_err();
         assert!(
@@ -552,7 +542,7 @@ mod tests {
             "{err:?}"
         );
         // The memory taken by the failed request is given back.
-        assert_eq!(pipeline.memory.available_permits(), pipeline.memory_limit);
+        assert_eq!(pipeline.memory.held(), 0);
     }
 
     #[tokio::test]
@@ -565,13 +555,13 @@ mod tests {
         c.memory_limit = bytesize::ByteSize::b(part(0, "x").bytes() as u64);
         let pipeline = Pipeline::start(&c, bus, "test".into());
         let err = pipeline
-            .submit(Signal::Traces, vec![part(0, "x")])
+            .submit(Signal::Traces, vec![part(0, "x")], Held::none())
             .await
             .unwrap_err();
         assert!(matches!(err, IngestError::Unavailable { .. }), "{err:?}");
         // The stalled batch still holds its memory: the next request is pushed back at once.
         let err = pipeline
-            .submit(Signal::Traces, vec![part(1, "y")])
+            .submit(Signal::Traces, vec![part(1, "y")], Held::none())
             .await
             .unwrap_err();
         assert!(matches!(err, IngestError::Busy { .. }), "{err:?}");
@@ -583,16 +573,18 @@ mod tests {
         let pipeline = Pipeline::start(&config(60_000), bus.clone(), "test".into());
         let submit = {
             let pipeline = pipeline.clone();
-            tokio::spawn(
-                async move { pipeline.submit(Signal::Traces, vec![part(0, "late")]).await },
-            )
+            tokio::spawn(async move {
+                pipeline
+                    .submit(Signal::Traces, vec![part(0, "late")], Held::none())
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         pipeline.shutdown().await;
         submit.await.unwrap().unwrap();
         assert_eq!(bus.published.lock().unwrap().len(), 1);
         let err = pipeline
-            .submit(Signal::Traces, vec![part(0, "after")])
+            .submit(Signal::Traces, vec![part(0, "after")], Held::none())
             .await
             .unwrap_err();
         assert!(

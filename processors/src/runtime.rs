@@ -77,13 +77,16 @@ impl Processor {
             .unwrap_or(0);
         for record in records {
             match decode(&record.payload) {
-                Ok(batch) => {
+                Ok((batch, unreadable)) => {
+                    for item in unreadable {
+                        self.dead_letter(&record, &item.reason, &item.bytes)?;
+                    }
                     let lag = now_nanos.saturating_sub(batch.produced_at_unix_nano) as f64 / 1e9;
                     metrics::gauge!("tidewater_processor_lag_seconds", "partition" => record.partition.clone()).set(lag);
                     metrics::counter!("tidewater_processor_consumed_items_total", "signal" => batch.signal.label()).increment(batch.item_count as u64);
                     batches.push(Arc::new(batch));
                 }
-                Err(reason) => self.dead_letter(&record, &reason)?,
+                Err(reason) => self.dead_letter(&record, &reason, &record.payload)?,
             }
             metrics::counter!("tidewater_processor_consumed_records_total").increment(1);
             last.insert(record.partition, record.position);
@@ -109,10 +112,11 @@ impl Processor {
         Ok(true)
     }
 
-    /// A record no processor can read would block its partition forever: keep it, with the
-    /// reason, where an operator can look, and move on.
-    fn dead_letter(&self, record: &Record, reason: &str) -> anyhow::Result<()> {
-        tracing::error!(partition = %record.partition, position = %record.position, reason, "undecodable bus record dead-lettered");
+    /// A record (or an item of one) no processor can read would block its partition forever:
+    /// keep it, with the reason, where an operator can look, and move on. `payload` is the
+    /// whole record, or the unreadable item's encoding.
+    fn dead_letter(&self, record: &Record, reason: &str, payload: &[u8]) -> anyhow::Result<()> {
+        tracing::error!(partition = %record.partition, position = %record.position, reason, "undecodable bus data dead-lettered");
         metrics::counter!("tidewater_processor_dead_letter_records_total", "reason" => "undecodable").increment(1);
         let dir: &PathBuf = &self.config.dead_letter_dir;
         std::fs::create_dir_all(dir)?;
@@ -120,7 +124,7 @@ impl Processor {
             "partition": record.partition,
             "position": record.position.to_string(),
             "reason": reason,
-            "payload_base64": base64::engine::general_purpose::STANDARD.encode(&record.payload),
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload),
         });
         let mut f = std::fs::OpenOptions::new()
             .create(true)

@@ -12,6 +12,7 @@ pub mod events {
     }
 }
 
+pub mod depth;
 pub mod json;
 
 pub use bus::v1::{Compression, Encoding, Envelope, Signal};

@@ -1,4 +1,9 @@
 //! OTLP/gRPC (traces, metrics, logs) and `tidewater.events.v1.EventsService` on one port.
+//!
+//! Every service takes its request as bytes and reads them itself: OTLP is split on its wire
+//! bytes, and events are decoded one by one, so a malformed event is rejected alone (by index)
+//! and a malformed request is `INVALID_ARGUMENT` naming the problem, where a tonic-generated
+//! server would answer `INTERNAL` for the whole request.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -6,63 +11,149 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use tidewater_proto::events::v1::events_service_server::{EventsService, EventsServiceServer};
-use tidewater_proto::events::v1::{PublishRequest, PublishResponse};
+use tidewater_proto::events::v1::PublishResponse;
+use tidewater_proto::Signal;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{
     Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
 };
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use super::connections;
+use crate::config::CollectorConfig;
 use crate::error::IngestError;
+use crate::events;
 use crate::ingest::{Ingest, Transport};
+use crate::memory::Held;
 
-/// One OTLP export service. Its request is taken as the bytes that came (tonic has already
-/// framed, decompressed and size-checked them), because the collector splits and stores
-/// OTLP without decoding it ([`crate::wire`]); only the response is a prost message.
+/// One unary service. Its request is taken as the bytes that came (tonic has already framed,
+/// decompressed and size-checked them); only the response is a prost message.
 trait Export: Send + Sync + 'static {
     const SERVICE: &'static str;
+    const METHOD: &'static str;
+    const SIGNAL: Signal;
     type Response: prost::Message + Default + Send + 'static;
     fn export(
         ingest: Arc<Ingest>,
         request: Bytes,
-    ) -> impl Future<Output = Result<Self::Response, IngestError>> + Send;
+        held: Held,
+    ) -> impl Future<Output = Result<Self::Response, Status>> + Send;
 }
 
 struct Traces;
 struct Metrics;
 struct Logs;
+struct Events;
 
 impl Export for Traces {
     const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const METHOD: &'static str = "Export";
+    const SIGNAL: Signal = Signal::Traces;
     type Response = ExportTraceServiceResponse;
-    async fn export(ingest: Arc<Ingest>, request: Bytes) -> Result<Self::Response, IngestError> {
-        ingest.traces(&request, Transport::Grpc).await
+    async fn export(
+        ingest: Arc<Ingest>,
+        request: Bytes,
+        held: Held,
+    ) -> Result<Self::Response, Status> {
+        ingest
+            .traces(&request, Transport::Grpc, held)
+            .await
+            .map_err(|e| e.to_grpc())
     }
 }
 
 impl Export for Metrics {
     const SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const METHOD: &'static str = "Export";
+    const SIGNAL: Signal = Signal::Metrics;
     type Response = ExportMetricsServiceResponse;
-    async fn export(ingest: Arc<Ingest>, request: Bytes) -> Result<Self::Response, IngestError> {
-        ingest.metrics(&request, Transport::Grpc).await
+    async fn export(
+        ingest: Arc<Ingest>,
+        request: Bytes,
+        held: Held,
+    ) -> Result<Self::Response, Status> {
+        ingest
+            .metrics(&request, Transport::Grpc, held)
+            .await
+            .map_err(|e| e.to_grpc())
     }
 }
 
 impl Export for Logs {
     const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const METHOD: &'static str = "Export";
+    const SIGNAL: Signal = Signal::Logs;
     type Response = ExportLogsServiceResponse;
-    async fn export(ingest: Arc<Ingest>, request: Bytes) -> Result<Self::Response, IngestError> {
-        ingest.logs(&request, Transport::Grpc).await
+    async fn export(
+        ingest: Arc<Ingest>,
+        request: Bytes,
+        held: Held,
+    ) -> Result<Self::Response, Status> {
+        ingest
+            .logs(&request, Transport::Grpc, held)
+            .await
+            .map_err(|e| e.to_grpc())
     }
+}
+
+impl Export for Events {
+    const SERVICE: &'static str = "tidewater.events.v1.EventsService";
+    const METHOD: &'static str = "Publish";
+    const SIGNAL: Signal = Signal::Events;
+    type Response = PublishResponse;
+    async fn export(
+        ingest: Arc<Ingest>,
+        request: Bytes,
+        held: Held,
+    ) -> Result<PublishResponse, Status> {
+        let events = events::from_protobuf(&request).map_err(|e| {
+            ingest
+                .refuse(
+                    Signal::Events,
+                    IngestError::BadRequest(format!("invalid PublishRequest: {e}")),
+                )
+                .to_grpc()
+        })?;
+        let response = ingest
+            .events(events, Transport::Grpc, held)
+            .await
+            .map_err(|e| e.to_grpc())?;
+        if response.accepted == 0 && !response.rejected.is_empty() {
+            return Err(all_rejected(&response));
+        }
+        Ok(response)
+    }
+}
+
+/// Nothing was taken: an error status, with every problem as a field violation so the client
+/// still learns which event failed and why.
+fn all_rejected(response: &PublishResponse) -> Status {
+    use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+    let violations: Vec<FieldViolation> = response
+        .rejected
+        .iter()
+        .map(|r| FieldViolation::new(format!("events[{}].{}", r.index, r.field), r.reason.clone()))
+        .collect();
+    let first = &response.rejected[0];
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        format!(
+            "all {} events rejected; first: events[{}].{}: {}",
+            response.rejected.len(),
+            first.index,
+            first.field,
+            first.reason
+        ),
+        ErrorDetails::with_bad_request(violations),
+    )
 }
 
 /// The tower service tonic's router calls for one [`Export`], in the shape of a
@@ -70,7 +161,19 @@ impl Export for Logs {
 struct ExportServer<E> {
     ingest: Arc<Ingest>,
     max_request_size: usize,
+    body_timeout: Duration,
     export: PhantomData<fn() -> E>,
+}
+
+impl<E> ExportServer<E> {
+    fn new(ingest: &Arc<Ingest>, config: &CollectorConfig) -> Self {
+        ExportServer {
+            ingest: ingest.clone(),
+            max_request_size: config.max_request_size.as_u64() as usize,
+            body_timeout: config.body_timeout,
+            export: PhantomData,
+        }
+    }
 }
 
 impl<E> Clone for ExportServer<E> {
@@ -78,6 +181,7 @@ impl<E> Clone for ExportServer<E> {
         ExportServer {
             ingest: self.ingest.clone(),
             max_request_size: self.max_request_size,
+            body_timeout: self.body_timeout,
             export: PhantomData,
         }
     }
@@ -109,7 +213,8 @@ where
             .path()
             .strip_prefix('/')
             .and_then(|p| p.strip_prefix(E::SERVICE))
-            == Some("/Export");
+            .and_then(|p| p.strip_prefix('/'))
+            == Some(E::METHOD);
         if !is_export {
             let path = request.uri().path().to_string();
             return Box::pin(async move {
@@ -118,6 +223,16 @@ where
         }
         let ingest = self.ingest.clone();
         let max_request_size = self.max_request_size;
+        let held = Arc::new(std::sync::Mutex::new(Held::none()));
+        let timeout = self.body_timeout;
+        let request = request.map(|body| CountedBody {
+            inner: Box::pin(body),
+            ingest: ingest.clone(),
+            signal: E::SIGNAL,
+            held: held.clone(),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        });
         Box::pin(async move {
             let mut accept = EnabledCompressionEncodings::default();
             accept.enable(CompressionEncoding::Gzip);
@@ -127,15 +242,87 @@ where
                 .apply_max_message_size_config(Some(max_request_size), None);
             let export = tower::service_fn(move |request: Request<Bytes>| {
                 let ingest = ingest.clone();
+                let mut held =
+                    std::mem::replace(&mut *held.lock().expect("not poisoned"), Held::none());
                 async move {
-                    E::export(ingest, request.into_inner())
-                        .await
-                        .map(Response::new)
-                        .map_err(|e| e.to_grpc())
+                    let request = request.into_inner();
+                    // The frames were counted as they came; now the message, decompressed.
+                    ingest
+                        .memory()
+                        .resize(&mut held, request.len(), "grpc_message")
+                        .map_err(|e| ingest.refuse(E::SIGNAL, e).to_grpc())?;
+                    E::export(ingest, request, held).await.map(Response::new)
                 }
             });
             Ok(grpc.unary(export, request).await)
         })
+    }
+}
+
+/// A request body whose frames are counted against the memory bound as they arrive, before
+/// tonic buffers them: a request that does not fit is refused `RESOURCE_EXHAUSTED` (with
+/// RetryInfo) without its message ever being held. The count is shared with the service,
+/// which takes it over with the message.
+struct CountedBody<B> {
+    inner: std::pin::Pin<Box<B>>,
+    ingest: Arc<Ingest>,
+    signal: Signal,
+    held: Arc<std::sync::Mutex<Held>>,
+    /// `body_timeout`: a sender this slow is refused and its memory given back.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl<B> http_body::Body for CountedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let frame = match self.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    let e = IngestError::Timeout(format!(
+                        "request not received within {:?} (body_timeout)",
+                        self.timeout
+                    ));
+                    let status = self.ingest.refuse(self.signal, e).to_grpc();
+                    return Poll::Ready(Some(Err(Box::new(status))));
+                }
+                return Poll::Pending;
+            }
+        };
+        if let Some(data) = frame.data_ref() {
+            let this = &*self;
+            let mut held = this.held.lock().expect("not poisoned");
+            if let Err(e) = this
+                .ingest
+                .memory()
+                .grow(&mut held, data.len(), "grpc_body")
+            {
+                return Poll::Ready(Some(Err(Box::new(
+                    this.ingest.refuse(this.signal, e).to_grpc(),
+                ))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -178,84 +365,30 @@ impl<R> Decoder for ExportCodec<R> {
     }
 }
 
-#[derive(Clone)]
-struct Grpc(Arc<Ingest>);
-
-#[tonic::async_trait]
-impl EventsService for Grpc {
-    async fn publish(
-        &self,
-        request: Request<PublishRequest>,
-    ) -> Result<Response<PublishResponse>, Status> {
-        let events = request.into_inner().events.into_iter().map(Ok).collect();
-        let response = self
-            .0
-            .events(events, Transport::Grpc)
-            .await
-            .map_err(|e| e.to_grpc())?;
-        if response.accepted == 0 && !response.rejected.is_empty() {
-            // Nothing was taken: an error status, with every problem as a field violation so
-            // the client still learns which event failed and why.
-            use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
-            let violations: Vec<FieldViolation> = response
-                .rejected
-                .iter()
-                .map(|r| {
-                    FieldViolation::new(
-                        format!("events[{}].{}", r.index, r.field),
-                        r.reason.clone(),
-                    )
-                })
-                .collect();
-            let first = &response.rejected[0];
-            return Err(Status::with_error_details(
-                tonic::Code::InvalidArgument,
-                format!(
-                    "all {} events rejected; first: events[{}].{}: {}",
-                    response.rejected.len(),
-                    first.index,
-                    first.field,
-                    first.reason
-                ),
-                ErrorDetails::with_bad_request(violations),
-            ));
-        }
-        Ok(Response::new(response))
-    }
-}
-
 /// Binds now, so a taken port fails start-up with a clear error, and serves until `stop`.
 pub async fn serve(
     addr: SocketAddr,
     ingest: Arc<Ingest>,
-    max_request_size: usize,
+    config: &CollectorConfig,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    // Without TCP_NODELAY a response waits on the client's delayed ACK (~40 ms per request).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    fn export<E: Export>(ingest: &Arc<Ingest>, max_request_size: usize) -> ExportServer<E> {
-        ExportServer {
-            ingest: ingest.clone(),
-            max_request_size,
-            export: PhantomData,
-        }
-    }
-    let events = EventsServiceServer::new(Grpc(ingest.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(max_request_size);
+    let incoming = connections::accept(listener, config.max_connections, "grpc");
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_max_header_list_size(config.max_header_size.as_u64() as u32)
+        .http2_keepalive_interval(Some(config.idle_timeout))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(tower::util::MapResponseLayer::new(
             size_limit_is_resource_exhausted,
         ))
-        .add_service(export::<Traces>(&ingest, max_request_size))
-        .add_service(export::<Metrics>(&ingest, max_request_size))
-        .add_service(export::<Logs>(&ingest, max_request_size))
-        .add_service(events);
+        .add_service(ExportServer::<Traces>::new(&ingest, config))
+        .add_service(ExportServer::<Metrics>::new(&ingest, config))
+        .add_service(ExportServer::<Logs>::new(&ingest, config))
+        .add_service(ExportServer::<Events>::new(&ingest, config));
     let task = tokio::spawn(async move {
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

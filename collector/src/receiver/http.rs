@@ -2,10 +2,16 @@
 //! `POST /v1/events` (JSON) on one port, per the OTLP/HTTP specification: the response has
 //! the request's content type, errors carry a `google.rpc.Status`, and refusals that may be
 //! retried are 429/503 with `Retry-After`.
+//!
+//! Connections are served by hyper directly (not `axum::serve`), because the limits a listener
+//! open to many clients needs live there: the connection cap ([`super::connections`]), header
+//! sizes, HTTP/2 streams per connection, idle and keep-alive timeouts. Bodies have their own
+//! deadline (`body_timeout`) and are counted against the memory bound as they are read.
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
@@ -14,7 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -25,9 +36,19 @@ use tidewater_proto::Signal;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::connections;
+use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::events;
 use crate::ingest::{Ingest, Transport};
+use crate::memory::{Held, Memory};
+
+/// JSON is parsed into a tree of structs or values a few times the size of its text; while
+/// parsed, a JSON body counts this many times its size more against the memory bound (so a
+/// JSON body may be at most a quarter of `memory_limit`).
+const JSON_PARSE_FACTOR: usize = 3;
+/// Decompressed output is read and counted this much at a time.
+const INFLATE_CHUNK: usize = 64 * 1024;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -35,6 +56,7 @@ const JSON: &str = "application/json";
 struct HttpState {
     ingest: Arc<Ingest>,
     max_request_size: usize,
+    body_timeout: Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,7 +84,7 @@ struct RpcStatus {
     message: String,
 }
 
-pub fn router(ingest: Arc<Ingest>, max_request_size: usize) -> Router {
+pub fn router(ingest: Arc<Ingest>, config: &CollectorConfig) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
@@ -72,26 +94,66 @@ pub fn router(ingest: Arc<Ingest>, max_request_size: usize) -> Router {
         .layer(DefaultBodyLimit::disable())
         .with_state(Arc::new(HttpState {
             ingest,
-            max_request_size,
+            max_request_size: config.max_request_size.as_u64() as usize,
+            body_timeout: config.body_timeout,
         }))
 }
 
 pub async fn serve(
     addr: SocketAddr,
     ingest: Arc<Ingest>,
-    max_request_size: usize,
+    config: &CollectorConfig,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    let app = router(ingest, max_request_size);
+    let app = router(ingest, config);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_size = config.max_header_size.as_u64() as usize;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.idle_timeout)
+        // hyper's floor for its read buffer, which bounds the header block.
+        .max_buf_size(header_size.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(header_size as u32)
+        .keep_alive_interval(config.idle_timeout)
+        .keep_alive_timeout(Duration::from_secs(20));
+    let mut incoming = Box::pin(connections::accept(
+        listener,
+        config.max_connections,
+        "http",
+    ));
     let task = tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
+        let graceful = GracefulShutdown::new();
+        loop {
+            let connection = tokio::select! {
+                c = incoming.next() => c,
+                _ = stop.cancelled() => break,
+            };
+            let Some(Ok(connection)) = connection else {
+                continue;
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let serving = graceful.watch(
+                builder
+                    .serve_connection(TokioIo::new(connection), service)
+                    .into_owned(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+            });
         }
+        // In-flight requests finish (and are answered) before the pipeline shuts down.
+        graceful.shutdown().await;
     });
     tracing::info!(addr = %local, "OTLP/HTTP and events HTTP listening");
     Ok((local, task))
@@ -103,7 +165,7 @@ async fn traces(State(s): State<Arc<HttpState>>, headers: HeaderMap, body: Body)
         Signal::Traces,
         &headers,
         body,
-        |ingest, req| async move { ingest.traces(&req, Transport::Http).await },
+        |ingest, req, held| async move { ingest.traces(&req, Transport::Http, held).await },
     )
     .await
 }
@@ -114,7 +176,7 @@ async fn metrics(State(s): State<Arc<HttpState>>, headers: HeaderMap, body: Body
         Signal::Metrics,
         &headers,
         body,
-        |ingest, req| async move { ingest.metrics(&req, Transport::Http).await },
+        |ingest, req, held| async move { ingest.metrics(&req, Transport::Http, held).await },
     )
     .await
 }
@@ -125,7 +187,7 @@ async fn logs(State(s): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -
         Signal::Logs,
         &headers,
         body,
-        |ingest, req| async move { ingest.logs(&req, Transport::Http).await },
+        |ingest, req, held| async move { ingest.logs(&req, Transport::Http, held).await },
     )
     .await
 }
@@ -142,28 +204,35 @@ async fn otlp<Req, Resp, F, Fut>(
 where
     Req: Message + DeserializeOwned,
     Resp: Message + Serialize,
-    F: FnOnce(Arc<Ingest>, Bytes) -> Fut,
+    F: FnOnce(Arc<Ingest>, Bytes, Held) -> Fut,
     Fut: std::future::Future<Output = Result<Resp, IngestError>>,
 {
     let format = match content_format(headers) {
         Ok(f) => f,
         Err(e) => return error_response(&s.ingest.refuse(signal, e), Format::Json),
     };
+    let memory = s.ingest.memory();
     let result = async {
-        let bytes = read_body(headers, body, s.max_request_size).await?;
+        let (bytes, mut held) =
+            read_body(memory, headers, body, s.max_request_size, s.body_timeout).await?;
         match format {
-            Format::Protobuf => Ok(bytes),
-            Format::Json => serde_json::from_slice::<Req>(&bytes)
-                .map(|request| Bytes::from(request.encode_to_vec()))
-                .map_err(|e| IngestError::BadRequest(format!("invalid OTLP JSON: {e}"))),
+            Format::Protobuf => Ok((bytes, held)),
+            Format::Json => {
+                memory.grow(&mut held, bytes.len() * JSON_PARSE_FACTOR, "http_json")?;
+                let request = serde_json::from_slice::<Req>(&bytes)
+                    .map(|request| Bytes::from(request.encode_to_vec()))
+                    .map_err(|e| IngestError::BadRequest(format!("invalid OTLP JSON: {e}")))?;
+                memory.resize(&mut held, request.len(), "http_json")?;
+                Ok((request, held))
+            }
         }
     }
     .await;
-    let request = match result {
+    let (request, held) = match result {
         Ok(r) => r,
         Err(e) => return error_response(&s.ingest.refuse(signal, e), format),
     };
-    match handle(s.ingest.clone(), request).await {
+    match handle(s.ingest.clone(), request, held).await {
         Ok(resp) => encoded(StatusCode::OK, format, &resp),
         Err(e) => error_response(&e, format),
     }
@@ -180,7 +249,10 @@ async fn publish_events(
                 "/v1/events takes {JSON}"
             )));
         }
-        let bytes = read_body(&headers, body, s.max_request_size).await?;
+        let memory = s.ingest.memory();
+        let (bytes, mut held) =
+            read_body(memory, &headers, body, s.max_request_size, s.body_timeout).await?;
+        memory.grow(&mut held, bytes.len() * JSON_PARSE_FACTOR, "http_json")?;
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| IngestError::BadRequest(format!("invalid JSON: {e}")))?;
         let items = match value {
@@ -199,10 +271,10 @@ async fn publish_events(
                 ))
             }
         };
-        Ok(items)
+        Ok((items, held))
     }
     .await;
-    let items = match result {
+    let (items, held) = match result {
         Ok(items) => items,
         Err(e) => return error_response(&s.ingest.refuse(Signal::Events, e), Format::Json),
     };
@@ -211,7 +283,7 @@ async fn publish_events(
         .enumerate()
         .map(|(i, v)| events::from_json(v, i))
         .collect();
-    match s.ingest.events(parsed, Transport::Http).await {
+    match s.ingest.events(parsed, Transport::Http, held).await {
         Ok(resp) => {
             let status = if resp.accepted == 0 && !resp.rejected.is_empty() {
                 StatusCode::BAD_REQUEST
@@ -249,8 +321,18 @@ fn content_format(headers: &HeaderMap) -> Result<Format, IngestError> {
 }
 
 /// Reads the body within `limit` bytes, before and after gzip, so neither a large upload nor
-/// a small compressed bomb can take more memory than the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
+/// a small compressed bomb can take more memory than the limit; and counts what it holds
+/// against the collector's memory bound before holding it: a declared length is taken before
+/// any byte is read, a streamed body as it arrives, decompressed output chunk by chunk. The
+/// returned [`Held`] is the body's share, handed on with it.
+async fn read_body(
+    memory: &Memory,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<(Bytes, Held), IngestError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let too_large = || {
         IngestError::TooLarge(format!(
             "request body exceeds the {limit} byte limit (max_request_size)"
@@ -263,19 +345,32 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let raw = http_body_util::Limited::new(body, limit)
-        .collect()
+    let mut held = memory.take(declared.unwrap_or(0), "http_body")?;
+    let mut raw = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = body;
+    while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
         .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                IngestError::BadRequest(format!("could not read request body: {e}"))
-            }
+        .map_err(|_| {
+            IngestError::Timeout(format!(
+                "request body not received within {timeout:?} (body_timeout)"
+            ))
         })?
-        .to_bytes();
+    {
+        let frame = frame
+            .map_err(|e| IngestError::BadRequest(format!("could not read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if raw.len() + data.len() > limit {
+            return Err(too_large());
+        }
+        if raw.len() + data.len() > raw.capacity() {
+            // What the buffer will grow to, counted before it does.
+            raw.reserve(data.len());
+            memory.resize(&mut held, raw.capacity(), "http_body")?;
+        }
+        raw.extend_from_slice(&data);
+    }
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -283,17 +378,34 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .trim()
         .to_ascii_lowercase();
     match encoding.as_str() {
-        "identity" | "" => Ok(raw),
+        "identity" | "" => {
+            memory.resize(&mut held, raw.capacity(), "http_body")?;
+            Ok((raw.into(), held))
+        }
         "gzip" => {
-            let mut out = Vec::with_capacity(raw.len() * 4);
-            flate2::read::GzDecoder::new(&raw[..])
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| IngestError::BadRequest(format!("invalid gzip body: {e}")))?;
+            let mut inflate = flate2::read::GzDecoder::new(&raw[..]);
+            let mut out: Vec<u8> = Vec::new();
+            loop {
+                if out.len() > limit {
+                    return Err(too_large());
+                }
+                // Doubling, so inflating is linear; the capacity is what is counted.
+                out.reserve(INFLATE_CHUNK);
+                memory.resize(&mut held, raw.len() + out.capacity(), "http_gzip")?;
+                let read = (&mut inflate)
+                    .take(INFLATE_CHUNK as u64)
+                    .read_to_end(&mut out)
+                    .map_err(|e| IngestError::BadRequest(format!("invalid gzip body: {e}")))?;
+                if read == 0 {
+                    break;
+                }
+            }
             if out.len() > limit {
                 return Err(too_large());
             }
-            Ok(out.into())
+            drop(raw);
+            memory.resize(&mut held, out.capacity(), "http_gzip")?;
+            Ok((out.into(), held))
         }
         other => Err(IngestError::UnsupportedMediaType(format!(
             "unsupported Content-Encoding {other:?}: send gzip or none"

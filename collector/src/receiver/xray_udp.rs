@@ -10,11 +10,14 @@
 //! dropped, as the X-Ray daemon itself drops what it cannot buffer.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytesize::ByteSize;
 use serde::Deserialize;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -126,13 +129,33 @@ pub fn parse_datagram(data: &[u8]) -> Result<XraySegment, BadDatagram> {
 /// documents already received are handed to the pipeline before the task ends.
 pub async fn serve(
     addr: SocketAddr,
+    receive_buffer: ByteSize,
     ingest: Arc<Ingest>,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let socket = UdpSocket::bind(addr)
-        .await
+    let requested = usize::try_from(receive_buffer.as_u64()).unwrap_or(usize::MAX);
+    let (socket, effective) = bind(addr, requested)
         .map_err(|e| anyhow::anyhow!("cannot listen for X-Ray segments on udp {addr}: {e}"))?;
+    let socket = UdpSocket::from_std(socket)?;
     let local = socket.local_addr()?;
+    metrics::gauge!("tidewater_collector_xray_receive_buffer_bytes").set(effective as f64);
+    // Linux reports twice what it granted (the extra is its bookkeeping), so only a report
+    // under the request means the request was cut.
+    if effective < requested {
+        tracing::warn!(
+            requested = %receive_buffer,
+            effective = %ByteSize::b(effective as u64),
+            "X-Ray UDP receive buffer is smaller than configured: the kernel caps it at \
+             net.core.rmem_max without CAP_NET_ADMIN; raise that sysctl or expect drops in bursts"
+        );
+    } else {
+        tracing::info!(
+            requested = %receive_buffer,
+            effective = %ByteSize::b(effective as u64),
+            "X-Ray UDP receive buffer set"
+        );
+    }
+    kernel_drops::watch(&socket, stop.clone());
     let task = tokio::spawn(async move {
         // One byte more than allowed, so an oversized datagram shows as such.
         let mut buf = vec![0u8; MAX_DATAGRAM_BYTES + 1];
@@ -168,6 +191,131 @@ pub async fn serve(
     });
     tracing::info!(addr = %local, "X-Ray daemon protocol (UDP) listening");
     Ok((local, task))
+}
+
+/// A non-blocking UDP socket bound to `addr` with (at least, if the kernel allows)
+/// `receive_buffer` bytes of receive buffer, and the size the kernel reports for it.
+fn bind(addr: SocketAddr, receive_buffer: usize) -> io::Result<(std::net::UdpSocket, usize)> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Sized before binding, so no datagram ever meets the default buffer.
+    set_receive_buffer(&socket, receive_buffer)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    let effective = socket.recv_buffer_size()?;
+    Ok((socket.into(), effective))
+}
+
+#[cfg(target_os = "linux")]
+fn set_receive_buffer(socket: &Socket, size: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // The kernel doubles the value and keeps it in an int.
+    let value = libc::c_int::try_from(size)
+        .unwrap_or(libc::c_int::MAX)
+        .min(libc::c_int::MAX / 2);
+    // SO_RCVBUFFORCE ignores net.core.rmem_max, whose default (about 200 KiB) is what lost
+    // half of a burst; it needs CAP_NET_ADMIN, without which SO_RCVBUF gets what the cap allows.
+    // SAFETY: a valid socket, and a pointer to a c_int with its exact length.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced == 0 {
+        return Ok(());
+    }
+    socket.set_recv_buffer_size(value as usize)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_receive_buffer(socket: &Socket, size: usize) -> io::Result<()> {
+    socket.set_recv_buffer_size(size)
+}
+
+/// Datagrams the kernel drops when the receive buffer is full never reach the process, so
+/// only the kernel's own per-socket counter can show them.
+mod kernel_drops {
+    use tokio::net::UdpSocket;
+    use tokio_util::sync::CancellationToken;
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn watch(_socket: &UdpSocket, _stop: CancellationToken) {}
+
+    /// Adds the socket's kernel drops to
+    /// `tidewater_collector_xray_kernel_dropped_datagrams_total` every second until `stop`.
+    #[cfg(target_os = "linux")]
+    pub fn watch(socket: &UdpSocket, stop: CancellationToken) {
+        use std::time::Duration;
+
+        let dropped = metrics::counter!("tidewater_collector_xray_kernel_dropped_datagrams_total");
+        // Registered at zero, so a dashboard can tell "no drops" from "not measured".
+        dropped.increment(0);
+        let inode = match socket_inode(socket) {
+            Ok(inode) => inode,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the X-Ray UDP socket's inode: its kernel drops will not be counted");
+                return;
+            }
+        };
+        let table = if socket.local_addr().is_ok_and(|a| a.is_ipv6()) {
+            "/proc/self/net/udp6"
+        } else {
+            "/proc/self/net/udp"
+        };
+        tokio::spawn(async move {
+            let mut counted = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let last = tokio::select! {
+                    _ = tick.tick() => false,
+                    // One more read, for what the last partial second dropped.
+                    _ = stop.cancelled() => true,
+                };
+                // Once the socket is closed its line is gone: nothing left to count.
+                let Some(drops) = std::fs::read_to_string(table)
+                    .ok()
+                    .and_then(|text| drops_for_inode(&text, inode))
+                else {
+                    break;
+                };
+                dropped.increment(drops.saturating_sub(counted));
+                counted = counted.max(drops);
+                if last {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// The inode `/proc/net/udp` lists the socket under: the `NNN` of the `socket:[NNN]`
+    /// link its descriptor has in `/proc/self/fd`.
+    #[cfg(target_os = "linux")]
+    pub fn socket_inode(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<u64> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd()))?;
+        link.to_str()
+            .and_then(|l| l.strip_prefix("socket:["))
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not a socket: {}", link.display())))
+    }
+
+    /// The `drops` column (the last) of the `/proc/net/udp` or `/proc/net/udp6` line whose
+    /// `inode` column (the tenth) is `inode`. The header cannot be used to find columns: some
+    /// of its names head one column (`tx_queue rx_queue`) and some two.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub fn drops_for_inode(proc_net_udp: &str, inode: u64) -> Option<u64> {
+        proc_net_udp.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 13 || fields[9].parse::<u64>().ok()? != inode {
+                return None;
+            }
+            fields.last()?.parse().ok()
+        })
+    }
 }
 
 /// At most one log line per `every`, saying how many were skipped in between.
@@ -252,6 +400,48 @@ mod tests {
             let err = parse_datagram(&data).unwrap_err();
             assert_eq!(err.label(), label, "{err}");
             assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn kernel_drops_are_read_from_the_sockets_line() {
+        let table = "\
+   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  130: 3500007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   101        0 18744 2 0000000000000000 0
+  512: 0100007F:07D0 00000000:0000 07 00000000:0001F400 00:00000000 00000000     0        0 5231871 2 ffff8f1c9a3e2000 53790
+";
+        assert_eq!(kernel_drops::drops_for_inode(table, 5231871), Some(53790));
+        assert_eq!(kernel_drops::drops_for_inode(table, 18744), Some(0));
+        assert_eq!(
+            kernel_drops::drops_for_inode(table, 0),
+            None,
+            "the header is no socket"
+        );
+        assert_eq!(kernel_drops::drops_for_inode(table, 7), None);
+        assert_eq!(kernel_drops::drops_for_inode("", 18744), None);
+    }
+
+    #[test]
+    fn the_receive_buffer_is_as_large_as_the_kernel_allows() {
+        let requested = 4 * 1024 * 1024;
+        let (socket, effective) = bind("127.0.0.1:0".parse().unwrap(), requested).unwrap();
+        // Linux reports double what it grants; without CAP_NET_ADMIN it grants at most
+        // net.core.rmem_max.
+        let cap = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map(|max| 2 * max);
+        assert!(
+            effective > requested / 2 || Some(effective) == cap,
+            "asked for {requested}, got {effective} (kernel cap {cap:?})"
+        );
+        assert!(socket.local_addr().unwrap().port() != 0);
+
+        #[cfg(target_os = "linux")]
+        {
+            let inode = kernel_drops::socket_inode(&socket).unwrap();
+            let table = std::fs::read_to_string("/proc/self/net/udp").unwrap();
+            assert_eq!(kernel_drops::drops_for_inode(&table, inode), Some(0));
         }
     }
 
