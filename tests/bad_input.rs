@@ -528,3 +528,61 @@ fn concurrent_uploads_stay_within_the_memory_limit() {
     };
     assert_eq!(published(&metrics), 1000 * ok as u64, "{metrics}");
 }
+
+/// One attribute nested past the limit refuses its span alone (OTLP partial success) instead of
+/// the whole export; every other span is delivered.
+#[test]
+fn a_span_nested_too_deep_is_refused_alone_in_the_partial_success() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue, KeyValueList};
+    let dir = tempfile::tempdir().unwrap();
+    let tw = Tidewater::up(dir.path(), &[] as &[(&str, &str)]);
+    let mut request = otlp_traces(1, 4, 5);
+    let mut deep = AnyValue {
+        value: Some(any_value::Value::StringValue("bottom".into())),
+    };
+    for _ in 0..40 {
+        deep = AnyValue {
+            value: Some(any_value::Value::KvlistValue(KeyValueList {
+                values: vec![KeyValue {
+                    key: "k".into(),
+                    value: Some(deep),
+                    ..Default::default()
+                }],
+            })),
+        };
+    }
+    let bad_span = &mut request.resource_spans[0].scope_spans[0].spans[2];
+    bad_span.attributes.push(KeyValue {
+        key: "deep".into(),
+        value: Some(deep),
+        ..Default::default()
+    });
+    let bad_id = hex(&bad_span.span_id);
+    let resp = post_protobuf(&tw.http_url("/v1/traces"), request.encode_to_vec());
+    assert_eq!(resp.status(), 200);
+    let partial = ExportTraceServiceResponse::decode(resp.bytes().unwrap())
+        .unwrap()
+        .partial_success
+        .expect("a partial success");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(
+        partial
+            .error_message
+            .starts_with("resource_spans[0].scope_spans[0].spans[2].attributes[")
+            && partial.error_message.contains("nest deeper than"),
+        "{}",
+        partial.error_message
+    );
+    let delivered = wait_for(Duration::from_secs(20), || {
+        let counts = span_id_counts(&tw);
+        (counts.len() >= 19).then_some(counts)
+    })
+    .expect("the other 19 spans delivered");
+    assert_eq!(delivered.len(), 19);
+    assert!(!delivered.contains_key(&bad_id));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -213,6 +213,8 @@ struct Scan<'a> {
     scopes: Vec<Scope<'a>>,
     /// Whether a kept item of this resource goes where its resource does.
     keyed_by_resource: bool,
+    /// The position of the resource being scanned, for the path in a refused item's reason.
+    resource_index: usize,
 }
 
 fn split(request: &[u8], partitions: u32, shape: &Shape) -> Result<Split, WireError> {
@@ -225,6 +227,7 @@ fn split(request: &[u8], partitions: u32, shape: &Shape) -> Result<Split, WireEr
         kept: Vec::new(),
         scopes: Vec::new(),
         keyed_by_resource: false,
+        resource_index: 0,
     };
     let mut targets: Vec<u32> = Vec::new();
     for (r, field) in Fields::new(request)
@@ -233,6 +236,7 @@ fn split(request: &[u8], partitions: u32, shape: &Shape) -> Result<Split, WireEr
     {
         let at_resource = |e: WireError| e.within(format!("{}[{r}]", shape.resources));
         let resource = field?.len_contents(shape.resources).map_err(at_resource)?;
+        scan.resource_index = r;
         let head = scan.resource(resource).map_err(at_resource)?;
         if scan.kept.is_empty() {
             continue;
@@ -312,7 +316,22 @@ impl<'a> Scan<'a> {
             }
             let at_item = |e: WireError| e.within(format!("{}[{i}]", self.shape.items));
             let bytes = field.len_contents(self.shape.items).map_err(at_item)?;
-            let item = (self.shape.inspect)(bytes).map_err(at_item)?;
+            let item = match (self.shape.inspect)(bytes) {
+                Ok(item) => item,
+                // The item is framed (its length was read), so what is wrong inside it is its
+                // own problem: it is refused alone, in the partial success, and its neighbours
+                // go on. Its data points (for a metric) are counted as one.
+                Err(e) => {
+                    let (r, shape) = (self.resource_index, self.shape);
+                    let e = at_item(e)
+                        .within(format!("{}[{s}]", shape.scopes))
+                        .within(format!("{}[{r}]", shape.resources));
+                    i += 1;
+                    self.received += 1;
+                    self.rejected.add(|| e.to_string());
+                    continue;
+                }
+            };
             i += 1;
             self.received += u64::from(item.received);
             match item.verdict {
@@ -759,11 +778,17 @@ mod tests {
             .position(|w| w == "\u{1F600}".as_bytes())
             .unwrap();
         bytes[at] = 0xff;
-        let err = split_traces(&bytes, 4).unwrap_err().to_string();
+        // Inside a span: that span alone is refused, with where its bad bytes are.
+        let split = split_traces(&bytes, 4).unwrap();
+        assert_eq!(split.rejected.count, 1);
         assert_eq!(
-            err,
-            "resource_spans[1].scope_spans[0].spans[4].attributes[0].key: string is not valid UTF-8"
+            split.rejected.message.as_deref(),
+            Some(
+                "resource_spans[1].scope_spans[0].spans[4].attributes[0].key: string is not valid UTF-8"
+            )
         );
+        let kept: u32 = split.parts.iter().map(|p| p.items).sum();
+        assert_eq!(u64::from(kept), split.received - 1);
         assert!(split_traces(&[0x0a, 0x05, 1, 2], 4).is_err());
         assert!(split_traces(&[], 4).unwrap().parts.is_empty());
     }
@@ -816,8 +841,10 @@ mod tests {
             match split(&bytes, 4) {
                 Ok(split) => {
                     accepted += 1;
+                    // What prost refuses as a whole is accepted only with the bad items
+                    // refused, and the rest decodes.
                     assert!(
-                        prost.is_ok(),
+                        prost.is_ok() || split.rejected.count > 0,
                         "round {round}: accepted what prost refuses: {:?}",
                         prost.err()
                     );
