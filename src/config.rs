@@ -131,6 +131,12 @@ impl Config {
 /// Environment values are TOML scalars when they parse as one (`8192`, `true`), else strings
 /// (`127.0.0.1:4317`, `5s`, `16MiB`).
 fn parse_env_value(v: &str) -> figment::value::Value {
+    // figment 0.10's parser cuts a quoted string at a count of characters taken for a byte
+    // offset, and panics on an escape after a non-ASCII character: such a value is taken as
+    // the plain string it is.
+    if v.contains('\\') && !v.is_ascii() {
+        return figment::value::Value::from(v.to_string());
+    }
     v.parse::<figment::value::Value>()
         .unwrap_or_else(|_| figment::value::Value::from(v.to_string()))
 }

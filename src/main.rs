@@ -2,6 +2,8 @@
 
 mod admin;
 mod config;
+#[cfg(test)]
+mod fuzz;
 mod logging;
 mod run;
 

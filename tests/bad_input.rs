@@ -1,12 +1,10 @@
 //! Bad input gets a clear error naming the problem, the process keeps serving, and valid data
 //! sent alongside is delivered. Limits answer with the protocol's own signals.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
 use serde_json::{json, Value};
@@ -422,7 +420,7 @@ fn slow_post(port: u16, path: &str, body: &[u8], chunk: usize, pause: Duration) 
     text.split(' ').nth(1).and_then(|code| code.parse().ok())
 }
 
-/// Many concurrent slow uploads of 4 MiB bodies (and gRPC exports beside them) against a 64 MiB
+/// Many concurrent slow uploads of 4 MiB bodies (and 256 gRPC streams beside them) against a 64 MiB
 /// memory limit: bodies are counted before they are held, so what does not fit is refused
 /// (429 / RESOURCE_EXHAUSTED), what was accepted is published, the process stays within the
 /// limit plus a fixed overhead, and a stalled upload is cut off by `body_timeout` while others
@@ -459,16 +457,23 @@ fn concurrent_uploads_stay_within_the_memory_limit() {
         });
         std::thread::sleep(Duration::from_millis(300));
         let grpc = s.spawn(|| {
+            // 256 streams at once: 8 connections of 32 concurrent exports.
             tokio::runtime::Runtime::new().unwrap().block_on(async {
-                let mut codes = Vec::new();
-                for batch in 0..32 {
-                    let mut client = TraceServiceClient::connect(tw.grpc_url()).await.unwrap();
-                    codes.push(match client.export(otlp_traces(batch, 200, 20)).await {
-                        Ok(_) => tonic::Code::Ok,
-                        Err(status) => status.code(),
-                    });
+                let mut exports = tokio::task::JoinSet::new();
+                for connection in 0..8u32 {
+                    let client = TraceServiceClient::connect(tw.grpc_url()).await.unwrap();
+                    for stream in 0..32u32 {
+                        let mut client = client.clone();
+                        let request = otlp_traces(connection * 32 + stream, 100, 20);
+                        exports.spawn(async move {
+                            match client.export(request).await {
+                                Ok(_) => tonic::Code::Ok,
+                                Err(status) => status.code(),
+                            }
+                        });
+                    }
                 }
-                codes
+                exports.join_all().await
             })
         });
         let uploads: Vec<_> = (0..UPLOADS)
@@ -490,7 +495,12 @@ fn concurrent_uploads_stay_within_the_memory_limit() {
         assert!(stalled.contains("body_timeout"), "{stalled}");
         for code in grpc.join().unwrap() {
             assert!(
-                matches!(code, tonic::Code::Ok | tonic::Code::ResourceExhausted),
+                // Refused for memory, or (on this loaded 2-core machine) not received within
+                // the test's short body_timeout: both retryable in OTLP.
+                matches!(
+                    code,
+                    tonic::Code::Ok | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
+                ),
                 "{code:?}"
             );
         }
@@ -511,7 +521,17 @@ fn concurrent_uploads_stay_within_the_memory_limit() {
         peak as f64 / (1024.0 * 1024.0)
     );
     // The documented overhead beyond memory_limit (README, Limits).
-    assert!(peak < (64 + 64) * 1024 * 1024, "peak RSS {peak}");
+    assert!(peak < (64 + 48) * 1024 * 1024, "peak RSS {peak}");
+    // After the burst the memory is handed back to the system, not kept by the allocator.
+    let after = wait_for(Duration::from_secs(10), || {
+        let rss = tw.rss();
+        (rss < peak / 2).then_some(rss)
+    });
+    eprintln!(
+        "RSS after the burst: {:.1} MiB",
+        tw.rss() as f64 / (1024.0 * 1024.0)
+    );
+    assert!(after.is_some(), "RSS stayed at {} after the burst (peak {peak})", tw.rss());
     let metrics = tw.metrics();
     assert!(
         metrics.contains(
@@ -585,4 +605,42 @@ fn a_span_nested_too_deep_is_refused_alone_in_the_partial_success() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An HTTP/2 "rapid reset" client (requests opened and cancelled at once, CVE-2023-44487) is
+/// cut off by hyper's reset limits without flooding the log, and other clients are served.
+#[test]
+fn a_rapid_reset_client_is_cut_off_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let tw = Tidewater::up(dir.path(), &[] as &[(&str, &str)]);
+    let log_before = tw.log().lines().count();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sent = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tw.grpc)).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client;
+        let mut sent = 0;
+        for _ in 0..5000 {
+            let Ok(ready) = client.clone().ready().await else { break };
+            client = ready;
+            let request = http::Request::post(format!(
+                "http://127.0.0.1:{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                tw.grpc
+            ))
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+            let Ok((_, mut stream)) = client.send_request(request, false) else { break };
+            stream.send_reset(h2::Reason::CANCEL);
+            sent += 1;
+        }
+        sent
+    });
+    assert!(sent < 5000, "the connection was never cut off ({sent} resets)");
+    // Others are still served.
+    let resp = post_protobuf(&tw.http_url("/v1/traces"), otlp_traces(1, 1, 1).encode_to_vec());
+    assert_eq!(resp.status(), 200);
+    let logged = tw.log().lines().count() - log_before;
+    assert!(logged < 10, "{logged} log lines for one abusive client:\n{}", tw.log());
 }

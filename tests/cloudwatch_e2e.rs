@@ -2,13 +2,11 @@
 //! SDK → `tidewater up` → EMF documents and log events, read back with `GetLogEvents` and
 //! `FilterLogEvents` and compared with what the app reports having recorded.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::peers::{aws_env, moto, Peer};
+use crate::common::*;
 use aws_sdk_cloudwatchlogs::Client;
-use common::peers::{aws_env, moto, Peer};
-use common::*;
 use serde_json::{json, Value};
 
 fn client(rt: &tokio::runtime::Runtime, moto: &Peer) -> Client {

@@ -3,13 +3,11 @@
 //! alias, and the analysts' questions (`scripts/analyst-queries`) answered with the right
 //! numbers.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::es::{analyst_queries, es_env, metric, post_events, Es};
-use common::peers;
-use common::*;
+use crate::common::es::{analyst_queries, es_env, metric, post_events, Es};
+use crate::common::peers;
+use crate::common::*;
 use serde_json::{json, Value};
 use tidewater_proto::events::v1::events_service_client::EventsServiceClient;
 use tidewater_proto::events::v1::{Event, PublishRequest};

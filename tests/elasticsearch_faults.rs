@@ -3,15 +3,13 @@
 //! after indexing but before checkpointing; and authentication (SigV4, basic) and TLS with a
 //! custom CA.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::bulk_proxy::BulkProxy;
-use common::es::{es_env, metric, post_events, Es};
-use common::peers;
-use common::*;
+use crate::common::bulk_proxy::BulkProxy;
+use crate::common::es::{es_env, metric, post_events, Es};
+use crate::common::peers;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const EVENTS: &str = "tidewater-events";
@@ -299,7 +297,7 @@ fn tls_with_a_custom_ca() {
     let osmem = peers::elasticsearch();
     let es = Es::new(&osmem.endpoint());
     let dir = tempfile::tempdir().unwrap();
-    let (front, ca) = common::es::tls_front(&osmem.endpoint(), dir.path());
+    let (front, ca) = crate::common::es::tls_front(&osmem.endpoint(), dir.path());
     let https = format!("https://127.0.0.1:{}", front.port);
 
     // The front's certificate is trusted by no one but holders of that CA.

@@ -2,14 +2,11 @@
 //! records go through a real Kinesis stand-in (kinesalite), leases and checkpoints live in
 //! DynamoDB (moto), and a processor consumes everything into the file sink.
 
-mod common;
-mod kinesis_support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
-use kinesis_support::*;
+use crate::common::*;
+use crate::kinesis_support::*;
 use serde_json::json;
 use tidewater_proto::Signal;
 

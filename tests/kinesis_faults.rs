@@ -1,18 +1,15 @@
 //! Kinesis faults, injected by the project's own proxy in front of kinesalite: records that
 //! fail inside a successful `PutRecords` are the only ones sent again, and nothing is lost.
 
-mod common;
-mod kinesis_support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::peers;
+use crate::kinesis_support::proxy::Proxy;
+use crate::kinesis_support::*;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
-use common::peers;
-use kinesis_support::proxy::Proxy;
-use kinesis_support::*;
 use tidewater_bus::kinesis::config::SpoolFullPolicy;
 use tidewater_bus::kinesis::{KinesisConfig, KinesisConsumer, KinesisProducer};
 use tidewater_bus::{Consumer, PartitionKey, Producer};
@@ -119,8 +116,8 @@ fn a_30_second_outage_is_spooled_to_disk_and_drained() {
         ),
     ]);
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let collector = common::Tidewater::run("collector", dirs[0].path(), &collector_env);
-    let processor = common::Tidewater::run(
+    let collector = crate::common::Tidewater::run("collector", dirs[0].path(), &collector_env);
+    let processor = crate::common::Tidewater::run(
         "processor",
         dirs[1].path(),
         &peers.env("outage", "outage-leases"),
@@ -140,9 +137,9 @@ fn a_30_second_outage_is_spooled_to_disk_and_drained() {
         if went_down.is_some_and(|d| d.elapsed() > Duration::from_secs(30)) {
             proxy.set_down(false);
         }
-        let request = common::otlp_traces(batch, 8, 4);
+        let request = crate::common::otlp_traces(batch, 8, 4);
         batch += 1;
-        let resp = common::post_protobuf(
+        let resp = crate::common::post_protobuf(
             &collector.http_url("/v1/traces"),
             prost::Message::encode_to_vec(&request),
         );
@@ -181,20 +178,20 @@ fn a_30_second_outage_is_spooled_to_disk_and_drained() {
         collector.log()
     );
 
-    let seen = common::wait_for(Duration::from_secs(90), || {
-        let seen = common::span_id_counts(&processor);
+    let seen = crate::common::wait_for(Duration::from_secs(90), || {
+        let seen = crate::common::span_id_counts(&processor);
         sent.iter().all(|id| seen.contains_key(id)).then_some(seen)
     })
     .unwrap_or_else(|| {
         panic!(
             "spans lost ({} of {}):\n{}",
-            common::span_id_counts(&processor).len(),
+            crate::common::span_id_counts(&processor).len(),
             sent.len(),
             collector.log()
         )
     });
     assert_eq!(seen.len(), sent.len());
-    let drained = common::wait_for(Duration::from_secs(30), || {
+    let drained = crate::common::wait_for(Duration::from_secs(30), || {
         let m = collector.metrics();
         m.lines()
             .any(|l| l == "tidewater_kinesis_spool_depth_records 0")

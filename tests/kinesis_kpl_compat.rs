@@ -3,18 +3,15 @@
 //! published, and what the library aggregates our consumer reads record by record, resuming
 //! inside an aggregate from a sub-sequence checkpoint.
 
-mod common;
-mod kinesis_support;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::peers;
+use crate::kinesis_support::*;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
-use common::peers;
-use kinesis_support::*;
 use serde_json::{json, Value};
 use tidewater_bus::kinesis::shards::{list_shards, ShardMap};
 use tidewater_bus::kinesis::{KinesisConfig, KinesisConsumer, KinesisProducer};
@@ -22,7 +19,7 @@ use tidewater_bus::{Consumer, PartitionKey, Position, Producer};
 
 fn kpl_agg(command: &str, input: &Value) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/kpl_agg.py");
-    let mut child = Command::new(common::python())
+    let mut child = Command::new(crate::common::python())
         .arg(script)
         .arg(command)
         .stdin(Stdio::piped())

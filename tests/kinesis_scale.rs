@@ -2,14 +2,11 @@
 //! moto (lease table): two processor workers share a 4-shard stream and one is killed
 //! mid-stream; a stream is split, and the split merged back, while it is being consumed.
 
-mod common;
-mod kinesis_support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
-use kinesis_support::*;
+use crate::common::*;
+use crate::kinesis_support::*;
 use prost::Message;
 use serde_json::{json, Value};
 

@@ -1,12 +1,10 @@
 //! End to end through `tidewater up`: the official OpenTelemetry Python SDK over OTLP/gRPC and
 //! OTLP/HTTP, events over gRPC and HTTP, and the file sink holding every item, intact.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use tidewater_proto::events::v1::events_service_client::EventsServiceClient;
 use tidewater_proto::events::v1::{Event, PublishRequest};

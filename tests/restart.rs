@@ -2,11 +2,9 @@
 //! (SIGTERM) duplicates nothing either; a crash (SIGKILL) may deliver the last
 //! un-checkpointed round again, and no more.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use prost::Message;
 
 const REQUESTS: u32 = 40;

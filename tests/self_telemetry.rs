@@ -2,11 +2,9 @@
 //! OTLP. Here a second Tidewater is the receiving collector, so the check is on real spans in
 //! a real sink.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use prost::Message;
 
 #[test]

@@ -3,15 +3,13 @@
 //! both through `tidewater up`; then what moto stored is read back with boto3. A third test
 //! puts a fault-injecting proxy between the sink and moto.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::peers::{aws_env, moto, Peer};
-use common::*;
+use crate::common::peers::{aws_env, moto, Peer};
+use crate::common::*;
 use prost::Message;
 use serde_json::{json, Value};
 use tidewater_processors::xray::xray_trace_id;

@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod embedded;
+#[cfg(test)]
+mod fuzz;
 mod key;
 pub mod kinesis;
 

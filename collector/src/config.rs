@@ -54,7 +54,74 @@ pub struct CollectorConfig {
     /// connections are pinged at this interval and closed when the peer stops answering.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// TLS on the gRPC and HTTP listeners (off by default: a sidecar's receivers are on
+    /// loopback). Needed, with `auth`, when they listen beyond it.
+    pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
+    /// Lets the gRPC or HTTP listener bind a non-loopback address with neither TLS nor
+    /// authentication (with a warning): anyone who can reach the port can then publish.
+    pub allow_insecure_non_loopback: bool,
     pub batch: BatchConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, server certificate first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one (mTLS).
+    pub client_ca: Option<std::path::PathBuf>,
+    /// How often the files are checked for a renewed certificate; new connections get it,
+    /// open ones keep theirs.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: Default::default(),
+            key: Default::default(),
+            client_ca: None,
+            reload_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Credentials a client must send, checked before its body is read. Empty: no authentication.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accepted `Authorization: Bearer <token>` values (OTLP exporters' `headers` setting).
+    pub bearer_tokens: Vec<Secret>,
+    /// Accepted `Authorization: Basic` credentials, each `user:password`.
+    pub basic: Vec<Secret>,
+}
+
+impl AuthConfig {
+    pub fn is_enabled(&self) -> bool {
+        !self.bearer_tokens.is_empty() || !self.basic.is_empty()
+    }
+}
+
+/// A credential from the configuration: shown as `<redacted>` in debug output and in what
+/// `check-config` prints, so it never reaches a log line.
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +160,9 @@ impl Default for CollectorConfig {
             max_header_size: ByteSize::kib(16),
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            tls: None,
+            auth: AuthConfig::default(),
+            allow_insecure_non_loopback: false,
             batch: BatchConfig::default(),
         }
     }

@@ -9,6 +9,8 @@
 pub mod config;
 pub mod error;
 pub mod events;
+#[cfg(test)]
+mod fuzz;
 pub mod ingest;
 pub mod memory;
 pub mod partition;
@@ -42,15 +44,26 @@ impl Collector {
         producer: Arc<dyn Producer>,
         producer_name: String,
     ) -> anyhow::Result<Collector> {
+        let stop = CancellationToken::new();
+        let listener = receiver::Listener::new(config, stop.child_token())?;
         let pipeline = pipeline::Pipeline::start(config, producer, producer_name);
         let ingest = Arc::new(ingest::Ingest::new(pipeline.clone(), config));
-        let stop = CancellationToken::new();
-        let (grpc_addr, grpc) =
-            receiver::grpc::serve(config.grpc_addr, ingest.clone(), config, stop.child_token())
-                .await?;
-        let (http_addr, http) =
-            receiver::http::serve(config.http_addr, ingest.clone(), config, stop.child_token())
-                .await?;
+        let (grpc_addr, grpc) = receiver::grpc::serve(
+            config.grpc_addr,
+            ingest.clone(),
+            config,
+            listener.clone(),
+            stop.child_token(),
+        )
+        .await?;
+        let (http_addr, http) = receiver::http::serve(
+            config.http_addr,
+            ingest.clone(),
+            config,
+            listener,
+            stop.child_token(),
+        )
+        .await?;
         let (xray_udp_addr, xray_udp) = receiver::xray_udp::serve(
             config.xray_udp_addr,
             config.xray_udp_receive_buffer,

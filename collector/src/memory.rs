@@ -7,7 +7,12 @@
 //! and parsing, and hands it to the pipeline, which resizes it to the parts it keeps: the bytes
 //! counted follow the bytes held, and a request that does not fit is refused with the
 //! protocol's retryable signal before it costs anything.
+//!
+//! The allocator keeps what a burst freed: a collector that took 400 MiB for a moment stayed
+//! there. Once everything counted is given back after at least [`TRIM_AFTER`] was held, the
+//! C allocator is asked to return its free memory to the system.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +25,13 @@ pub struct Memory {
     semaphore: Arc<Semaphore>,
     limit: usize,
     retry_after: Duration,
+    /// The most held since memory was last handed back.
+    peak: AtomicUsize,
 }
+
+/// A burst this large is worth a `malloc_trim` once it is over (a trim walks the heap, so
+/// not after every small request).
+pub const TRIM_AFTER: usize = 16 * 1024 * 1024;
 
 /// Bytes counted against the bound; given back when dropped.
 pub struct Held {
@@ -38,6 +49,7 @@ impl Memory {
             semaphore: Arc::new(Semaphore::new(limit)),
             limit,
             retry_after,
+            peak: AtomicUsize::new(0),
         })
     }
 
@@ -112,7 +124,29 @@ impl Memory {
 
     /// Sets `tidewater_collector_buffered_bytes` (given-back bytes are seen at the next call).
     pub fn report(&self) {
-        metrics::gauge!("tidewater_collector_buffered_bytes").set(self.held() as f64);
+        let held = self.held();
+        metrics::gauge!("tidewater_collector_buffered_bytes").set(held as f64);
+        self.peak.fetch_max(held, Ordering::Relaxed);
+        if held == 0 && self.peak.swap(0, Ordering::Relaxed) >= TRIM_AFTER {
+            hand_back_free_memory();
+        }
+    }
+}
+
+/// glibc's malloc keeps freed memory in its arenas; `malloc_trim` returns it. Off the async
+/// workers, since it walks the heap.
+fn hand_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let trim = || {
+            // SAFETY: malloc_trim only releases free pages; it has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+            metrics::counter!("tidewater_collector_memory_trims_total").increment(1);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(trim)),
+            Err(_) => trim(),
+        }
     }
 }
 

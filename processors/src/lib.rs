@@ -9,6 +9,8 @@ pub mod config;
 pub mod decode;
 pub mod documents;
 pub mod emf;
+#[cfg(test)]
+mod fuzz;
 pub mod ndjson;
 pub mod runtime;
 pub mod sink;

@@ -28,7 +28,8 @@ def exporters(protocol, endpoint):
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
-        kw = dict(endpoint=endpoint, insecure=True)
+        # TLS (with the OTEL_EXPORTER_OTLP_CERTIFICATE / CLIENT_* settings) for https endpoints.
+        kw = dict(endpoint=endpoint, insecure=not endpoint.startswith("https://"))
         return OTLPSpanExporter(**kw), OTLPMetricExporter(**kw), OTLPLogExporter(**kw)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter

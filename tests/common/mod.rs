@@ -187,13 +187,22 @@ impl Tidewater {
 
     /// The process's peak resident memory so far (`VmHWM`), in bytes.
     pub fn peak_rss(&self) -> u64 {
+        self.proc_status("VmHWM:")
+    }
+
+    /// The process's resident memory now (`VmRSS`), in bytes.
+    pub fn rss(&self) -> u64 {
+        self.proc_status("VmRSS:")
+    }
+
+    fn proc_status(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmHWM in /proc/PID/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
             * 1024
     }
 

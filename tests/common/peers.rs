@@ -48,6 +48,14 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Kills the peer now (it is also killed on drop), for a test that restarts it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -85,6 +93,27 @@ pub fn kinesalite() -> Peer {
     let mut cmd = Command::new("node");
     cmd.current_dir(&dir)
         .args(["-e", script, &port.to_string()]);
+    Peer::spawn("kinesalite", cmd, port, |p| {
+        std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+    })
+}
+
+/// kinesalite on a chosen `port` keeping its streams in `path` (LevelDB) instead of memory, so
+/// a test can kill it and start it again on the same port with what it had stored: an outage
+/// of the bus, not the loss of it.
+pub fn kinesalite_at(port: u16, path: &Path) -> Peer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/node");
+    assert!(
+        dir.join("node_modules/kinesalite").exists(),
+        "{} has no kinesalite: run ./scripts/test (scripts/setup-node installs it)",
+        dir.display()
+    );
+    let script = "require('kinesalite')({createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0, shardLimit: 100, \
+                  path: process.argv[2]}).listen(Number(process.argv[1]), '127.0.0.1')";
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .args(["-e", script, &port.to_string()])
+        .arg(path);
     Peer::spawn("kinesalite", cmd, port, |p| {
         std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
     })

@@ -117,11 +117,3 @@ impl AsyncWrite for Counted {
         self.stream.is_write_vectored()
     }
 }
-
-impl tonic::transport::server::Connected for Counted {
-    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}

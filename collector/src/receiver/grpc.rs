@@ -27,7 +27,8 @@ use tonic::codec::{
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
-use super::connections;
+use super::auth::Authenticated;
+use super::{serve, Listener};
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::events;
@@ -366,38 +367,38 @@ impl<R> Decoder for ExportCodec<R> {
 }
 
 /// Binds now, so a taken port fails start-up with a clear error, and serves until `stop`.
+/// The services are tonic's routes, served by the same loop as the HTTP listener
+/// ([`super::serve`]) so that both have the same limits, TLS and authentication.
 pub async fn serve(
     addr: SocketAddr,
     ingest: Arc<Ingest>,
     config: &CollectorConfig,
+    listener: Listener,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr)
+    let tcp = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr}: {e}"))?;
-    let local = listener.local_addr()?;
-    let incoming = connections::accept(listener, config.max_connections, "grpc");
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .http2_max_header_list_size(config.max_header_size.as_u64() as u32)
-        .http2_keepalive_interval(Some(config.idle_timeout))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .layer(tower::util::MapResponseLayer::new(
-            size_limit_is_resource_exhausted,
-        ))
-        .add_service(ExportServer::<Traces>::new(&ingest, config))
+    let local = tcp.local_addr()?;
+    let routes = tonic::service::Routes::new(ExportServer::<Traces>::new(&ingest, config))
         .add_service(ExportServer::<Metrics>::new(&ingest, config))
         .add_service(ExportServer::<Logs>::new(&ingest, config))
-        .add_service(ExportServer::<Events>::new(&ingest, config));
-    let task = tokio::spawn(async move {
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "gRPC server failed");
-        }
-    });
-    tracing::info!(addr = %local, "OTLP/gRPC and events gRPC listening");
+        .add_service(ExportServer::<Events>::new(&ingest, config))
+        .prepare();
+    let service = Authenticated {
+        inner: tower::util::MapResponse::new(
+            routes,
+            size_limit_is_resource_exhausted::<tonic::body::Body>
+                as fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+        ),
+        auth: listener.auth,
+        refuse: |why: &'static str| {
+            Status::unauthenticated(format!("not authenticated: {why}")).into_http()
+        },
+        listener: "grpc",
+    };
+    let task = serve::spawn(tcp, "grpc", service, config, listener.tls, stop);
+    tracing::info!(addr = %local, tls = config.tls.is_some(), "OTLP/gRPC and events gRPC listening");
     Ok((local, task))
 }
 

@@ -20,12 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use futures::StreamExt;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -36,7 +31,8 @@ use tidewater_proto::Signal;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::connections;
+use super::auth::Authenticated;
+use super::{serve, Listener};
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::events;
@@ -99,64 +95,41 @@ pub fn router(ingest: Arc<Ingest>, config: &CollectorConfig) -> Router {
         }))
 }
 
+/// Binds now, so a taken port fails start-up with a clear error, and serves until `stop`.
 pub async fn serve(
     addr: SocketAddr,
     ingest: Arc<Ingest>,
     config: &CollectorConfig,
+    listener: Listener,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr)
+    let tcp = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
-    let local = listener.local_addr()?;
-    let app = router(ingest, config);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let header_size = config.max_header_size.as_u64() as usize;
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.idle_timeout)
-        // hyper's floor for its read buffer, which bounds the header block.
-        .max_buf_size(header_size.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .max_header_list_size(header_size as u32)
-        .keep_alive_interval(config.idle_timeout)
-        .keep_alive_timeout(Duration::from_secs(20));
-    let mut incoming = Box::pin(connections::accept(
-        listener,
-        config.max_connections,
-        "http",
-    ));
-    let task = tokio::spawn(async move {
-        let graceful = GracefulShutdown::new();
-        loop {
-            let connection = tokio::select! {
-                c = incoming.next() => c,
-                _ = stop.cancelled() => break,
-            };
-            let Some(Ok(connection)) = connection else {
-                continue;
-            };
-            let service = TowerToHyperService::new(app.clone());
-            let serving = graceful.watch(
-                builder
-                    .serve_connection(TokioIo::new(connection), service)
-                    .into_owned(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = serving.await {
-                    tracing::debug!(error = %e, "HTTP connection ended with an error");
-                }
-            });
-        }
-        // In-flight requests finish (and are answered) before the pipeline shuts down.
-        graceful.shutdown().await;
-    });
-    tracing::info!(addr = %local, "OTLP/HTTP and events HTTP listening");
+    let local = tcp.local_addr()?;
+    let service = Authenticated {
+        inner: router(ingest, config),
+        auth: listener.auth,
+        refuse: unauthenticated,
+        listener: "http",
+    };
+    let task = serve::spawn(tcp, "http", service, config, listener.tls, stop);
+    tracing::info!(addr = %local, tls = config.tls.is_some(), "OTLP/HTTP and events HTTP listening");
     Ok((local, task))
+}
+
+/// HTTP 401, with the OTLP error body and the schemes the client may use.
+fn unauthenticated(why: &'static str) -> Response {
+    let status = RpcStatus {
+        code: tonic::Code::Unauthenticated as i32,
+        message: format!("not authenticated: {why}"),
+    };
+    let mut response = encoded(StatusCode::UNAUTHORIZED, Format::Json, &status);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer, Basic realm=\"tidewater\""),
+    );
+    response
 }
 
 async fn traces(State(s): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
@@ -278,10 +251,12 @@ async fn publish_events(
         Ok(items) => items,
         Err(e) => return error_response(&s.ingest.refuse(Signal::Events, e), Format::Json),
     };
+    // Consumed as converted: the JSON tree must not outlive the parse (it is counted against
+    // the memory bound only until the request holds its parts).
     let parsed = items
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, v)| events::from_json(v, i))
+        .map(|(i, v)| events::from_json(&v, i))
         .collect();
     match s.ingest.events(parsed, Transport::Http, held).await {
         Ok(resp) => {

@@ -103,6 +103,11 @@ pub fn parse_datagram(data: &[u8]) -> Result<XraySegment, BadDatagram> {
         kind: Option<serde_json::Value>,
     }
     let doc: Minimal = serde_json::from_str(body).map_err(|e| BadDatagram::Json(e.to_string()))?;
+    // serde's derive also reads a struct from an array of its fields' values (so a document
+    // that parsed is an object or an array); X-Ray takes objects only.
+    if body.trim_start().starts_with('[') {
+        return Err(BadDatagram::Json("it is an array".into()));
+    }
     let id = doc.id.as_ref().and_then(|v| v.as_str());
     if id.is_none_or(str::is_empty) {
         return Err(BadDatagram::Fields("has no string \"id\""));
