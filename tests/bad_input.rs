@@ -499,7 +499,9 @@ fn concurrent_uploads_stay_within_the_memory_limit() {
                 // the test's short body_timeout: both retryable in OTLP.
                 matches!(
                     code,
-                    tonic::Code::Ok | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
+                    tonic::Code::Ok
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::DeadlineExceeded
                 ),
                 "{code:?}"
             );
@@ -531,7 +533,11 @@ fn concurrent_uploads_stay_within_the_memory_limit() {
         "RSS after the burst: {:.1} MiB",
         tw.rss() as f64 / (1024.0 * 1024.0)
     );
-    assert!(after.is_some(), "RSS stayed at {} after the burst (peak {peak})", tw.rss());
+    assert!(
+        after.is_some(),
+        "RSS stayed at {} after the burst (peak {peak})",
+        tw.rss()
+    );
     let metrics = tw.metrics();
     assert!(
         metrics.contains(
@@ -616,13 +622,17 @@ fn a_rapid_reset_client_is_cut_off_quietly() {
     let log_before = tw.log().lines().count();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sent = runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tw.grpc)).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tw.grpc))
+            .await
+            .unwrap();
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(connection);
         let mut client = client;
         let mut sent = 0;
         for _ in 0..5000 {
-            let Ok(ready) = client.clone().ready().await else { break };
+            let Ok(ready) = client.clone().ready().await else {
+                break;
+            };
             client = ready;
             let request = http::Request::post(format!(
                 "http://127.0.0.1:{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -631,16 +641,28 @@ fn a_rapid_reset_client_is_cut_off_quietly() {
             .header("content-type", "application/grpc")
             .body(())
             .unwrap();
-            let Ok((_, mut stream)) = client.send_request(request, false) else { break };
+            let Ok((_, mut stream)) = client.send_request(request, false) else {
+                break;
+            };
             stream.send_reset(h2::Reason::CANCEL);
             sent += 1;
         }
         sent
     });
-    assert!(sent < 5000, "the connection was never cut off ({sent} resets)");
+    assert!(
+        sent < 5000,
+        "the connection was never cut off ({sent} resets)"
+    );
     // Others are still served.
-    let resp = post_protobuf(&tw.http_url("/v1/traces"), otlp_traces(1, 1, 1).encode_to_vec());
+    let resp = post_protobuf(
+        &tw.http_url("/v1/traces"),
+        otlp_traces(1, 1, 1).encode_to_vec(),
+    );
     assert_eq!(resp.status(), 200);
     let logged = tw.log().lines().count() - log_before;
-    assert!(logged < 10, "{logged} log lines for one abusive client:\n{}", tw.log());
+    assert!(
+        logged < 10,
+        "{logged} log lines for one abusive client:\n{}",
+        tw.log()
+    );
 }

@@ -662,12 +662,12 @@ struct Row {
     faults: usize,
 }
 
-const HEADER: &str = "scenario                          sent    acked  delivered  lost  duplicated (replays/bound)  peak RSS MiB  recovery s (accept/caught up)  faults";
+const HEADER: &str = "scenario                            sent    acked  delivered  lost  duplicated (replays/bound)  peak RSS MiB  recovery s (accept/caught up)  faults";
 
 impl Row {
     fn line(&self) -> String {
         format!(
-            "{:<30} {:>7} {:>8} {:>10} {:>5} {:>11} ({:>5}/{:<6})  {:>12.1}  {:>14.1} / {:<12.1}  {:>6}",
+            "{:<32} {:>7} {:>8} {:>10} {:>5} {:>11} ({:>5}/{:<6})  {:>12.1}  {:>14.1} / {:<12.1}  {:>6}",
             self.scenario,
             self.sent,
             self.acked,
@@ -704,16 +704,21 @@ fn settle(
     );
     let acked: HashSet<u64> = ledger.acked.iter().map(|(k, _)| *k).collect();
     let acked_keys: Vec<u64> = acked.iter().copied().collect();
-    wait_for(
-        Duration::from_secs(if long_run() { 600 } else { 90 }),
-        || {
-            delivered
-                .counts(&acked_keys)
-                .iter()
-                .all(|n| *n > 0)
-                .then_some(())
-        },
-    );
+    // Until everything acknowledged is there, or nothing more has arrived for a while (a
+    // backlog still draining keeps moving; what was lost never comes).
+    let stall = Duration::from_secs(if long_run() { 120 } else { 30 });
+    let (mut arrived, mut since) = (0, Instant::now());
+    wait_for(Duration::from_secs(900), || {
+        let now = delivered
+            .counts(&acked_keys)
+            .iter()
+            .filter(|n| **n > 0)
+            .count();
+        if now > arrived {
+            (arrived, since) = (now, Instant::now());
+        }
+        (now == acked_keys.len() || since.elapsed() > stall).then_some(())
+    });
     let sent: Vec<u64> = ledger.sent.iter().copied().collect();
     let counts = delivered.counts(&sent);
     let mut row = Row {
@@ -1116,10 +1121,11 @@ impl Tmpfs {
         use std::io::Write;
         let mut f = std::fs::File::create(self.0.join("ballast")).unwrap();
         let chunk = vec![0u8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        // The last partial chunk may have gone in; what is left is less than a frame header.
-        let _ = f.write_all(&chunk[..1024]);
-        let _ = f.write_all(&chunk[..16]);
+        // Smaller and smaller writes after the first refusal, so not even the tail of a
+        // page is left for the bus to write into.
+        for size in [64 * 1024, 4096, 1] {
+            while f.write_all(&chunk[..size]).is_ok() {}
+        }
     }
 
     fn free(&self) {
@@ -1245,7 +1251,7 @@ fn faketime_env(offset: &Path) -> Vec<(String, String)> {
     ]
 }
 
-/// f. The wall clock jumps (forward two hours, back a day, forward past the bus's retention
+/// f. The wall clock jumps (two hours ahead, a day behind, eight days ahead: past the retention
 /// age) under `tidewater up`, through libfaketime reading the offset from a file at every
 /// call. The monotonic clock is left alone, as an NTP step leaves it.
 #[test]
@@ -1328,13 +1334,11 @@ fn chaos_clock_jumps() {
     );
 }
 
-/// f2. The same jumps while the processor has a backlog (its sink answering 503): the bus's
-/// age-based retention reads the wall clock, so a forward jump past `retention_age` (7 days)
-/// makes seconds-old segments "expired", and it deletes them before the processor read them.
-/// Acknowledged events are lost: this test finds it, and is ignored until the bus measures
-/// age by something a clock step cannot move (or keeps segments no group has committed past).
+/// f2. The same jumps while the processor has a backlog (its sink answering 503). When the
+/// bus's age-based retention read the wall clock, a forward jump past `retention_age` (7 days)
+/// made seconds-old segments "expired" and deleted them before the processor read them (1,696
+/// of 4,820 acknowledged events lost); segment age is now on the monotonic clock.
 #[test]
-#[ignore = "finds loss: a wall-clock jump past bus.embedded.retention_age deletes acknowledged, unread segments"]
 fn chaos_clock_jump_past_retention_with_a_backlog() {
     settings();
     let osmem = peers::elasticsearch();

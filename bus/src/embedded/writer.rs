@@ -63,7 +63,11 @@ pub(crate) struct Settings {
 struct SegMeta {
     base: u64,
     bytes: u64,
-    newest_ms: u64,
+    /// When the segment's newest record passes `retention_age`, on the monotonic clock: a
+    /// wall clock stepped forward (NTP after a suspend, a wrong clock corrected) would make
+    /// seconds-old segments look expired and delete records no one had read yet. Only a
+    /// segment recovered at start-up is aged by the wall clock, once. `None`: empty.
+    expires: Option<Instant>,
 }
 
 pub(crate) struct Writer {
@@ -131,7 +135,7 @@ impl Writer {
             segs.push_back(SegMeta {
                 base: 0,
                 bytes: 0,
-                newest_ms: 0,
+                expires: None,
             });
         }
         let count = bases.len();
@@ -173,10 +177,16 @@ impl Writer {
                 f.sync_all().map_err(|e| io_at(&path, e))?;
             }
             expected_base = Some(base + scan.records);
+            let wall_age = Duration::from_millis(unix_millis().saturating_sub(scan.newest_ms));
             segs.push_back(SegMeta {
                 base,
                 bytes: scan.good_len,
-                newest_ms: scan.newest_ms,
+                expires: (scan.records > 0).then(|| {
+                    later(
+                        Instant::now(),
+                        settings.retention_age.saturating_sub(wall_age),
+                    )
+                }),
             });
         }
 
@@ -333,13 +343,13 @@ impl Writer {
                 let frame_len = (HEADER_LEN + record.len()) as u64;
                 let active_len = self.active_bytes() + self.buf.len() as u64;
                 if active_len > 0 && active_len + frame_len > self.settings.segment_bytes {
-                    self.flush(now_ms)?;
+                    self.flush()?;
                     self.roll()?;
                 }
                 encode_frame(&mut self.buf, now_ms, record);
                 self.next += 1;
             }
-            self.flush(now_ms)
+            self.flush()
         })();
         match result {
             Ok(()) => Ok(first),
@@ -354,7 +364,7 @@ impl Writer {
         self.segs.back().map_or(0, |s| s.bytes)
     }
 
-    fn flush(&mut self, now_ms: u64) -> Result<(), BusError> {
+    fn flush(&mut self) -> Result<(), BusError> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -365,7 +375,7 @@ impl Writer {
         let len = self.buf.len() as u64;
         if let Some(seg) = self.segs.back_mut() {
             seg.bytes += len;
-            seg.newest_ms = seg.newest_ms.max(now_ms);
+            seg.expires = Some(later(Instant::now(), self.settings.retention_age));
         }
         self.total_bytes += len;
         metrics::counter!("tidewater_bus_appended_records_total", "bus" => BUS_LABEL)
@@ -418,7 +428,7 @@ impl Writer {
         self.segs.push_back(SegMeta {
             base: self.next,
             bytes: 0,
-            newest_ms: 0,
+            expires: None,
         });
         lock(&self.shared.segments).push(self.next);
         self.enforce_retention();
@@ -467,15 +477,14 @@ impl Writer {
     /// Deletes whole segments from the old end, never the active one, while the partition is
     /// over its size budget or the oldest segment's newest record is past the age limit.
     fn enforce_retention(&mut self) {
-        let now_ms = unix_millis();
-        let age_ms = u64::try_from(self.settings.retention_age.as_millis()).unwrap_or(u64::MAX);
+        let now = Instant::now();
         let mut deleted = 0u64;
         while self.segs.len() > 1 {
             let Some(oldest) = self.segs.front() else {
                 break;
             };
             let over_size = self.total_bytes > self.settings.retention_bytes;
-            let expired = oldest.newest_ms.saturating_add(age_ms) < now_ms;
+            let expired = oldest.expires.is_none_or(|at| at <= now);
             if !over_size && !expired {
                 break;
             }
