@@ -107,9 +107,39 @@ impl Processor {
             return Ok(false);
         }
         for (partition, position) in last {
-            self.consumer.commit(&partition, &position).await?;
+            if !self.commit(&partition, &position, stop).await {
+                return Ok(false);
+            }
         }
         Ok(true)
+    }
+
+    /// Commits, retrying a failure (a full disk under the offsets file, the lease table
+    /// throttling) with backoff until it succeeds or the processor stops: the round is
+    /// delivered, and giving up would take the process down with it; after a stop, the round is
+    /// delivered again, as after a crash. `false` if stopped first.
+    async fn commit(
+        &mut self,
+        partition: &str,
+        position: &Position,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut backoff = self.config.retry_initial;
+        loop {
+            match self.consumer.commit(partition, position).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    metrics::counter!("tidewater_processor_commit_failures_total").increment(1);
+                    let wait = jittered(backoff);
+                    tracing::warn!(partition, error = %e, retry_in = ?wait, "checkpoint failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => return false,
+                    }
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                }
+            }
+        }
     }
 
     /// A record (or an item of one) no processor can read would block its partition forever:
