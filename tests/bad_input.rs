@@ -666,3 +666,51 @@ fn a_rapid_reset_client_is_cut_off_quietly() {
         tw.log()
     );
 }
+
+/// A flood of idle connections (before: 1,100 of them exhausted the open files and OTLP,
+/// events and `/healthz` all timed out, with nothing logged) is held to
+/// `collector.max_connections`: the admin listener keeps answering, the cap is logged and
+/// counted, idle connections are closed after `idle_timeout`, and a real client then gets in.
+#[test]
+fn idle_connections_are_capped_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tw = Tidewater::up(
+        dir.path(),
+        &[
+            ("TIDEWATER_COLLECTOR__MAX_CONNECTIONS", "20"),
+            ("TIDEWATER_COLLECTOR__IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", tw.http)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        http_get(tw.admin, "/healthz").map(|(code, _)| code),
+        Some(200),
+        "the admin listener answers whatever the receivers suffer"
+    );
+    // Behind 100 idle connections, a real request is served once idle ones are closed.
+    let started = std::time::Instant::now();
+    let resp = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .post(tw.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(otlp_traces(1, 1, 1).encode_to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    eprintln!(
+        "served after {:?} behind 100 idle connections",
+        started.elapsed()
+    );
+    let metrics = tw.metrics();
+    assert!(
+        metrics.contains("tidewater_collector_connection_limit_reached_total{listener=\"http\"}"),
+        "{metrics}"
+    );
+    assert!(tw.log().contains("at the connection limit"), "{}", tw.log());
+    drop(idle);
+}

@@ -291,22 +291,26 @@ fn embedded_log_recovers_a_prefix() {
             let segs = segments(tmp.path());
             let k = segs.len() - 1 - damage.from_last.min(segs.len() - 1);
             let (base, path) = &segs[k];
-            let mut file = fs::read(path).unwrap();
-            let len = file.len();
-            let mut first_bad = len;
+            let before = fs::read(path).unwrap();
+            let len = before.len();
+            let mut file = before.clone();
             if let Some(at) = damage.truncate {
-                let at = at.index(len + 1);
-                file.truncate(at);
-                first_bad = at;
+                file.truncate(at.index(len + 1));
             }
             for (at, x) in &damage.flips {
                 if !file.is_empty() {
                     let at = at.index(file.len());
                     file[at] ^= x;
-                    first_bad = first_bad.min(at);
                 }
             }
             fs::write(path, &file).unwrap();
+            // Where the damage starts, from the bytes themselves: two flips of one byte can
+            // cancel out.
+            let first_bad = before
+                .iter()
+                .zip(&file)
+                .position(|(a, b)| a != b)
+                .unwrap_or(file.len());
 
             // Frames intact in the damaged segment: those ending at or before the damage.
             let mut end = 0;

@@ -31,6 +31,31 @@ impl Drop for Counted {
     }
 }
 
+/// Binds `addr` for a listener with a deep accept queue: at the connection cap new
+/// connections wait there, and std's default of 128 would have the kernel drop their SYNs
+/// (clients then time out after minutes instead of waiting their turn). The kernel caps it at
+/// `net.core.somaxconn`.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+impl Counted {
+    /// Resolves when the client has sent something (or closed). A connection that never
+    /// sends a byte is otherwise held forever: hyper's header timeout starts only once it has
+    /// seen which HTTP version the client speaks.
+    pub async fn readable(&self) -> io::Result<()> {
+        // A peek, not `readable()`, which may wake without data.
+        self.stream.peek(&mut [0u8; 1]).await.map(drop)
+    }
+}
+
 /// Accepts from `listener`, at most `max` connections open at once. `name` labels the
 /// metrics (`tidewater_collector_open_connections{listener}`,
 /// `tidewater_collector_connection_limit_reached_total{listener}`).

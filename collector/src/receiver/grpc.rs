@@ -19,7 +19,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResp
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tidewater_proto::events::v1::PublishResponse;
 use tidewater_proto::Signal;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{
     Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
@@ -28,7 +27,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticated;
-use super::{serve, Listener};
+use super::{connections, serve, Listener};
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::events;
@@ -376,8 +375,7 @@ pub async fn serve(
     listener: Listener,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let tcp = TcpListener::bind(addr)
-        .await
+    let tcp = connections::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr}: {e}"))?;
     let local = tcp.local_addr()?;
     let routes = tonic::service::Routes::new(ExportServer::<Traces>::new(&ingest, config))

@@ -28,11 +28,10 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tidewater_proto::Signal;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Authenticated;
-use super::{serve, Listener};
+use super::{connections, serve, Listener};
 use crate::config::CollectorConfig;
 use crate::error::IngestError;
 use crate::events;
@@ -103,8 +102,7 @@ pub async fn serve(
     listener: Listener,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let tcp = TcpListener::bind(addr)
-        .await
+    let tcp = connections::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
     let local = tcp.local_addr()?;
     let service = Authenticated {

@@ -59,6 +59,7 @@ where
         .keep_alive_interval(config.idle_timeout)
         .keep_alive_timeout(Duration::from_secs(20));
     let handshake_timeout = config.body_timeout;
+    let idle_timeout = config.idle_timeout;
     let mut incoming = Box::pin(connections::accept(listener, config.max_connections, name));
     tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
@@ -77,6 +78,14 @@ where
                 graceful.watcher(),
             );
             tokio::spawn(async move {
+                // Silent connections are closed after `idle_timeout` (TLS: the handshake's).
+                if tokio::time::timeout(idle_timeout, connection.readable())
+                    .await
+                    .is_err()
+                {
+                    metrics::counter!("tidewater_collector_idle_connections_closed_total", "listener" => name).increment(1);
+                    return;
+                }
                 let Some(tls) = tls else {
                     return serve(&builder, TokioIo::new(connection), service, watcher, name).await;
                 };
