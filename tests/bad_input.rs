@@ -442,7 +442,7 @@ fn concurrent_uploads_stay_within_the_memory_limit() {
         .collect();
     let body = json!({ "events": events }).to_string().into_bytes();
     assert!(body.len() > 4_000_000);
-    const UPLOADS: usize = 128;
+    const UPLOADS: usize = 256;
     let statuses: Vec<Option<u16>> = std::thread::scope(|s| {
         // A client that declares a body, sends a little and stalls: cut off by body_timeout
         // (408), while the others go on meanwhile.
