@@ -1059,3 +1059,47 @@ fn regression_xray_array_document_is_refused() {
     let object = b"{\"format\":\"json\",\"version\":1}\n \r\n{\"id\":\"0\",\"trace_id\":\"\"}";
     assert!(parse_datagram(object).is_ok());
 }
+
+/// Found by `events_protobuf_agrees_with_prost`: a `Struct` field whose value has no kind is
+/// left out of its map entry by prost, so it adds no level; the depth rule counted one and
+/// refused events at the limit that the bus decodes.
+#[test]
+fn regression_kindless_struct_value_adds_no_level() {
+    use prost_types::{value::Kind, Struct, Value as Pv};
+    let object = |inner: Pv| Pv {
+        kind: Some(Kind::StructValue(Struct {
+            fields: [("k".to_string(), inner)].into(),
+        })),
+    };
+    let list = |inner: Pv| Pv {
+        kind: Some(Kind::ListValue(prost_types::ListValue {
+            values: vec![inner],
+        })),
+    };
+    // Objects nest three levels at a time and lists two: a list or two more reaches every
+    // depth, the limit itself among them.
+    let mut saw_both = (false, false);
+    for (levels, lists) in (25..40).flat_map(|l| (0..3).map(move |n| (l, n))) {
+        let innermost = object(Pv { kind: None });
+        let value = (0..lists).fold(innermost, |v, _| list(v));
+        let value = (0..levels).fold(value, |v, _| object(v));
+        let Some(Kind::StructValue(properties)) = value.kind else {
+            unreachable!()
+        };
+        let event = Event {
+            name: "x".into(),
+            user_id: "u".into(),
+            properties: Some(properties),
+            ..Default::default()
+        };
+        let bytes = PublishRequest {
+            events: vec![event.clone()],
+        }
+        .encode_to_vec();
+        let decodes = PublishRequest::decode(&bytes[..]).is_ok();
+        let rule = event_too_deep(&event).is_none();
+        assert_eq!(rule, decodes, "{levels} objects, {lists} lists");
+        saw_both = (saw_both.0 || decodes, saw_both.1 || !decodes);
+    }
+    assert_eq!(saw_both, (true, true));
+}

@@ -42,12 +42,13 @@ pub fn event_too_deep(event: &Event) -> Option<String> {
     })
 }
 
-/// A `Struct` counts itself, and each field one map entry plus its value.
+/// A `Struct` counts itself, and each field one map entry plus its value. A value without a
+/// kind is the entry's default, which prost leaves out of the entry, so it adds no level.
 pub fn struct_depth(s: &Struct) -> usize {
     1 + s
         .fields
         .values()
-        .map(|v| 1 + value_depth(v))
+        .map(|v| 1 + if v.kind.is_none() { 0 } else { value_depth(v) })
         .max()
         .unwrap_or(0)
 }
