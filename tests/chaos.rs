@@ -880,30 +880,54 @@ fn chaos_up_sigkilled_in_a_loop() {
     );
 }
 
+/// A collector and a processor apart on the peers' Kinesis stream, with small rounds, the
+/// collector spooling after 1 s.
+struct Halves {
+    collector: Tidewater,
+    processor: Tidewater,
+    /// Their working directories, removed when dropped.
+    dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Halves {
+    fn start(peers: &Peers) -> Halves {
+        peers.create_stream("chaos", SHARDS as i32);
+        let mut env = peers.env("chaos", "chaos-leases");
+        env.extend(small_rounds());
+        env.push(("RUST_LOG".into(), "info".into()));
+        let mut collector_env = env.clone();
+        collector_env.extend([
+            (
+                "TIDEWATER_BUS__KINESIS__SPOOL_AFTER".to_string(),
+                "1s".to_string(),
+            ),
+            (
+                "TIDEWATER_BUS__KINESIS__RETRY_MAX".to_string(),
+                "1s".to_string(),
+            ),
+        ]);
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let collector = Tidewater::run("collector", dirs.0.path(), &collector_env);
+        let processor = Tidewater::run("processor", dirs.1.path(), &env);
+        Halves {
+            collector,
+            processor,
+            dirs,
+        }
+    }
+}
+
 /// b. Collector and processor apart on Kinesis: the processor SIGKILLed and restarted in a
 /// loop, then the collector likewise.
 #[test]
 fn chaos_kinesis_processor_then_collector_sigkilled() {
     settings();
     let peers = Peers::start();
-    peers.create_stream("chaos", SHARDS as i32);
-    let mut env = peers.env("chaos", "chaos-leases");
-    env.extend(small_rounds());
-    env.push(("RUST_LOG".into(), "info".into()));
-    let mut collector_env = env.clone();
-    collector_env.extend([
-        (
-            "TIDEWATER_BUS__KINESIS__SPOOL_AFTER".to_string(),
-            "1s".to_string(),
-        ),
-        (
-            "TIDEWATER_BUS__KINESIS__RETRY_MAX".to_string(),
-            "1s".to_string(),
-        ),
-    ]);
-    let (cdir, pdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut collector = Tidewater::run("collector", cdir.path(), &collector_env);
-    let mut processor = Tidewater::run("processor", pdir.path(), &env);
+    let Halves {
+        mut collector,
+        mut processor,
+        dirs: (_cdir, pdir),
+    } = Halves::start(&peers);
     let mut sink = FileSpans::new(pdir.path());
     let every = Duration::from_secs(if long_run() { 20 } else { 3 });
 
@@ -977,24 +1001,11 @@ fn chaos_kinesis_bus_stopped() {
         dynamodb: peers::moto(),
         rt: tokio::runtime::Runtime::new().unwrap(),
     };
-    peers.create_stream("chaos", SHARDS as i32);
-    let mut env = peers.env("chaos", "chaos-leases");
-    env.extend(small_rounds());
-    env.push(("RUST_LOG".into(), "info".into()));
-    let mut collector_env = env.clone();
-    collector_env.extend([
-        (
-            "TIDEWATER_BUS__KINESIS__SPOOL_AFTER".to_string(),
-            "1s".to_string(),
-        ),
-        (
-            "TIDEWATER_BUS__KINESIS__RETRY_MAX".to_string(),
-            "1s".to_string(),
-        ),
-    ]);
-    let (cdir, pdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut collector = Tidewater::run("collector", cdir.path(), &collector_env);
-    let mut processor = Tidewater::run("processor", pdir.path(), &env);
+    let Halves {
+        mut collector,
+        mut processor,
+        dirs: (_cdir, pdir),
+    } = Halves::start(&peers);
     let mut sink = FileSpans::new(pdir.path());
     let load = Load::start(Kind::Traces, Target::of(&collector), 1, true);
     let (outage, gap) = if long_run() {
