@@ -192,7 +192,8 @@ fn the_sdk_exports_over_mtls_with_a_token_and_others_are_refused_before_their_bo
         std::fs::copy(renewed.path().join(name), &staged).unwrap();
         std::fs::rename(staged, certs.path().join(name)).unwrap();
     }
-    let reloaded = wait_for(Duration::from_secs(10), || {
+    // Each probe starts a Python interpreter: generous on a loaded 2-core machine.
+    let reloaded = wait_for(Duration::from_secs(30), || {
         let answer = probe(client.path(), tw.http, true, Some(TOKEN));
         (!answer.starts_with("error")).then_some(answer)
     })

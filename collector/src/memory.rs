@@ -33,9 +33,11 @@ pub struct Memory {
 /// not after every small request).
 pub const TRIM_AFTER: usize = 16 * 1024 * 1024;
 
-/// Bytes counted against the bound; given back when dropped.
+/// Bytes counted against the bound; given back when dropped (which updates the gauge, and
+/// hands memory back to the system when a burst is over, whichever request ends it).
 pub struct Held {
     permit: Option<OwnedSemaphorePermit>,
+    memory: Option<Arc<Memory>>,
 }
 
 impl Memory {
@@ -64,15 +66,15 @@ impl Memory {
 
     /// `bytes` more, at once or not at all: [`IngestError::Busy`] when the bound is reached now,
     /// [`IngestError::TooLarge`] when `bytes` could never fit.
-    pub fn take(&self, bytes: usize, what: &'static str) -> Result<Held, IngestError> {
-        let mut held = Held { permit: None };
+    pub fn take(self: &Arc<Self>, bytes: usize, what: &'static str) -> Result<Held, IngestError> {
+        let mut held = Held::none();
         self.grow(&mut held, bytes, what)?;
         Ok(held)
     }
 
     /// Adds `bytes` to `held`, with [`Memory::take`]'s errors (`held` is unchanged then).
     pub fn grow(
-        &self,
+        self: &Arc<Self>,
         held: &mut Held,
         bytes: usize,
         what: &'static str,
@@ -101,6 +103,7 @@ impl Memory {
             Some(permit) => permit.merge(more),
             None => held.permit = Some(more),
         }
+        held.memory.get_or_insert_with(|| self.clone());
         self.report();
         Ok(())
     }
@@ -108,7 +111,7 @@ impl Memory {
     /// Makes `held` exactly `bytes`: grows it (which may fail as [`Memory::grow`]) or gives the
     /// surplus back.
     pub fn resize(
-        &self,
+        self: &Arc<Self>,
         held: &mut Held,
         bytes: usize,
         what: &'static str,
@@ -117,8 +120,8 @@ impl Memory {
         if bytes > now {
             return self.grow(held, bytes - now, what);
         }
+        // Given back (and reported) as the split-off part drops.
         drop(held.split(now - bytes));
-        self.report();
         Ok(())
     }
 
@@ -153,7 +156,10 @@ fn hand_back_free_memory() {
 impl Held {
     /// Nothing held yet; grown later (a UDP datagram is counted by the pipeline).
     pub fn none() -> Held {
-        Held { permit: None }
+        Held {
+            permit: None,
+            memory: None,
+        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -165,6 +171,18 @@ impl Held {
         let bytes = bytes.min(self.bytes());
         Held {
             permit: self.permit.as_mut().and_then(|p| p.split(bytes)),
+            memory: self.memory.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            drop(permit);
+            if let Some(memory) = &self.memory {
+                memory.report();
+            }
         }
     }
 }

@@ -149,7 +149,6 @@ impl Pipeline {
             acks.push(done);
         }
         let outcome = tokio::time::timeout(self.ack_timeout, try_join_all(acks)).await;
-        self.memory.report();
         match outcome {
             Err(_) => Err(IngestError::Unavailable {
                 reason: format!(

@@ -124,19 +124,16 @@ impl Processor {
         position: &Position,
         stop: &CancellationToken,
     ) -> bool {
-        let mut backoff = self.config.retry_initial;
+        let mut backoff = Backoff::new(&self.config);
         loop {
             match self.consumer.commit(partition, position).await {
                 Ok(()) => return true,
                 Err(e) => {
                     metrics::counter!("tidewater_processor_commit_failures_total").increment(1);
-                    let wait = jittered(backoff);
-                    tracing::warn!(partition, error = %e, retry_in = ?wait, "checkpoint failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stop.cancelled() => return false,
+                    tracing::warn!(partition, error = %e, "checkpoint failed; retrying");
+                    if !backoff.wait(stop).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(self.config.retry_max);
                 }
             }
         }
@@ -188,7 +185,7 @@ async fn deliver_with_retry(
     if batches.is_empty() {
         return true;
     }
-    let mut backoff = config.retry_initial;
+    let mut backoff = Backoff::new(config);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -200,14 +197,38 @@ async fn deliver_with_retry(
             Err(e) => {
                 metrics::counter!("tidewater_processor_sink_failures_total", "sink" => sink.name())
                     .increment(1);
-                let wait = jittered(backoff);
-                tracing::warn!(sink = sink.name(), attempt, error = %e, retry_in = ?wait, "sink failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return false,
+                tracing::warn!(sink = sink.name(), attempt, error = %e, "sink failed; retrying");
+                if !backoff.wait(stop).await {
+                    return false;
                 }
-                backoff = (backoff * 2).min(config.retry_max);
             }
+        }
+    }
+}
+
+/// The processor's wait between attempts of a delivery or a checkpoint: capped exponential
+/// (`processor.retry_initial` to `retry_max`), jittered.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(config: &ProcessorConfig) -> Self {
+        Backoff {
+            next: config.retry_initial,
+            max: config.retry_max,
+        }
+    }
+
+    /// Waits before the next attempt; `false` if the processor stopped first.
+    async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let wait = jittered(self.next);
+        tracing::debug!(retry_in = ?wait, "waiting before the next attempt");
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = stop.cancelled() => false,
         }
     }
 }

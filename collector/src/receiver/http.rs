@@ -299,7 +299,7 @@ fn content_format(headers: &HeaderMap) -> Result<Format, IngestError> {
 /// any byte is read, a streamed body as it arrives, decompressed output chunk by chunk. The
 /// returned [`Held`] is the body's share, handed on with it.
 async fn read_body(
-    memory: &Memory,
+    memory: &Arc<Memory>,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
