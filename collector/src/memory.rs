@@ -55,10 +55,6 @@ impl Memory {
         })
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes counted now.
     pub fn held(&self) -> usize {
         self.limit - self.semaphore.available_permits()
@@ -125,7 +121,8 @@ impl Memory {
         Ok(())
     }
 
-    /// Sets `tidewater_collector_buffered_bytes` (given-back bytes are seen at the next call).
+    /// Sets `tidewater_collector_buffered_bytes`, and hands memory back once a burst is over.
+    /// Called whenever what is held changes (a [`Held`] calls it as it drops).
     pub fn report(&self) {
         let held = self.held();
         metrics::gauge!("tidewater_collector_buffered_bytes").set(held as f64);

@@ -3,8 +3,9 @@
 //! Without one, 1,100 idle connections exhausted the process's open files and OTLP, events and
 //! `/healthz` all stopped answering, with nothing logged. A listener at its cap stops accepting
 //! (new connections wait in the kernel's backlog, so clients see latency, not errors) until a
-//! connection closes; the admin listener has its own file descriptors left. Idle connections
-//! are closed by each protocol's own timeouts (see the listeners).
+//! connection closes; the admin listener has its own file descriptors left. A connection that
+//! sends nothing is closed after `idle_timeout` ([`Counted::readable`], in [`super::serve`]);
+//! an idle HTTP/1 one by hyper's header timeout, a dead HTTP/2 peer by its keep-alive pings.
 
 use std::io;
 use std::pin::Pin;

@@ -338,9 +338,11 @@ async fn read_body(
             return Err(too_large());
         }
         if raw.len() + data.len() > raw.capacity() {
-            // What the buffer will grow to, counted before it does.
-            raw.reserve(data.len());
-            memory.resize(&mut held, raw.capacity(), "http_body")?;
+            // What the buffer will grow to (doubling, so reading stays linear), counted
+            // before it does.
+            let capacity = (raw.capacity() * 2).max(raw.len() + data.len()).min(limit);
+            memory.resize(&mut held, capacity, "http_body")?;
+            raw.reserve_exact(capacity - raw.len());
         }
         raw.extend_from_slice(&data);
     }
@@ -362,9 +364,13 @@ async fn read_body(
                 if out.len() > limit {
                     return Err(too_large());
                 }
-                // Doubling, so inflating is linear; the capacity is what is counted.
-                out.reserve(INFLATE_CHUNK);
-                memory.resize(&mut held, raw.len() + out.capacity(), "http_gzip")?;
+                if out.capacity() - out.len() < INFLATE_CHUNK {
+                    // Doubling, so inflating is linear; the new capacity is counted before it
+                    // is allocated.
+                    let capacity = (out.capacity() * 2).max(out.len() + INFLATE_CHUNK);
+                    memory.resize(&mut held, raw.len() + capacity, "http_gzip")?;
+                    out.reserve_exact(capacity - out.len());
+                }
                 let read = (&mut inflate)
                     .take(INFLATE_CHUNK as u64)
                     .read_to_end(&mut out)
