@@ -189,7 +189,7 @@ async fn deliver_with_retry(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match sink.deliver(&batches).await {
+        match sink.deliver(&batches, stop).await {
             Ok(()) => {
                 metrics::counter!("tidewater_processor_delivered_batches_total", "sink" => sink.name()).increment(batches.len() as u64);
                 return true;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidewater_proto::Signal;
+use tokio_util::sync::CancellationToken;
 
 use crate::decode::Batch;
 
@@ -14,11 +15,15 @@ pub trait Sink: Send + Sync + 'static {
     /// Whether this sink wants batches of `signal`.
     fn accepts(&self, signal: Signal) -> bool;
 
-    /// Delivers `batches` (all of accepted signals, in bus order). `Ok` means every item is
-    /// stored at the destination or dead-lettered with its reason: the checkpoint may move
-    /// past them. An error means try the whole call again later; a sink that can tell which
-    /// items failed retries only those inside this call instead of returning an error.
-    async fn deliver(&self, batches: &[Arc<Batch>]) -> anyhow::Result<()>;
+    /// Delivers `batches` (all of accepted signals, in bus order within a partition). `Ok`
+    /// means every item is stored at the destination or dead-lettered with its reason: the
+    /// checkpoint may move past them. The sink retries what failed itself, through the one
+    /// delivery engine ([`crate::delivery`]), until it succeeds or `stop` is cancelled; the
+    /// runtime never calls `deliver` again for the same batches. An error therefore means
+    /// "stopped first" (or a defect): the runtime does not checkpoint them, and the bus
+    /// delivers them again after the restart. May be called for several rounds at once.
+    async fn deliver(&self, batches: &[Arc<Batch>], stop: &CancellationToken)
+        -> anyhow::Result<()>;
 
     /// Called by the runtime between rounds (at least every `processor.poll_wait`), and once
     /// with `stopping` when the processor stops: a sink that holds data for a while (a time

@@ -68,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     for round in &rounds {
-        sink.deliver(round).await?;
+        sink.deliver(round, &tokio_util::sync::CancellationToken::new())
+            .await?;
     }
     let elapsed = started.elapsed();
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tidewater_proto::Signal;
+use tokio_util::sync::CancellationToken;
 
 use crate::decode::{Batch, SignalData};
 use crate::documents::event_document;
@@ -126,7 +127,11 @@ impl Sink for FileSink {
         true
     }
 
-    async fn deliver(&self, batches: &[Arc<Batch>]) -> anyhow::Result<()> {
+    async fn deliver(
+        &self,
+        batches: &[Arc<Batch>],
+        _stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let now = chrono::Utc::now();
         let mut by_signal: HashMap<Signal, String> = HashMap::new();
         for batch in batches {

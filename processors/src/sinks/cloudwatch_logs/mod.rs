@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidewater_proto::Signal;
+use tokio_util::sync::CancellationToken;
 
 use crate::decode::{Batch, SignalData};
 use crate::sink::Sink;
@@ -54,7 +55,11 @@ impl Sink for CloudWatchLogsSink {
         signal == Signal::Logs
     }
 
-    async fn deliver(&self, batches: &[Arc<Batch>]) -> anyhow::Result<()> {
+    async fn deliver(
+        &self,
+        batches: &[Arc<Batch>],
+        _stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut all: BTreeMap<Destination, Vec<batch::LogEvent>> = BTreeMap::new();
         for b in batches {
             if let SignalData::Logs(request) = &b.data {

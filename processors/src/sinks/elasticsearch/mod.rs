@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use tidewater_proto::Signal;
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 use crate::decode::Batch;
 use crate::sink::Sink;
@@ -183,7 +184,11 @@ impl Sink for ElasticsearchSink {
         }
     }
 
-    async fn deliver(&self, batches: &[Arc<Batch>]) -> anyhow::Result<()> {
+    async fn deliver(
+        &self,
+        batches: &[Arc<Batch>],
+        _stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let inner = &self.inner;
         inner.ensure_templates().await?;
         let bulk = &inner.config.bulk;

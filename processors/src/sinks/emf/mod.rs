@@ -42,6 +42,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tidewater_proto::Signal;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::decode::{Batch, SignalData};
 use crate::emf::document::{documents, DocLimits};
@@ -261,7 +262,11 @@ impl Sink for EmfSink {
             || (signal == Signal::Traces && !self.settings.span_kinds.is_empty())
     }
 
-    async fn deliver(&self, batches: &[Arc<Batch>]) -> anyhow::Result<()> {
+    async fn deliver(
+        &self,
+        batches: &[Arc<Batch>],
+        _stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut p = self.inner.lock().await;
         let now = now_ms();
         let mut stats = Stats::default();
@@ -442,15 +447,21 @@ mod tests {
             ..Default::default()
         };
         let sink = EmfSink::new(&config).unwrap();
-        sink.deliver(&[batch(1, 5), batch(2, 3)]).await.unwrap();
-        sink.deliver(&[batch(2, 3)]).await.unwrap();
+        sink.deliver(&[batch(1, 5), batch(2, 3)], &CancellationToken::new())
+            .await
+            .unwrap();
+        sink.deliver(&[batch(2, 3)], &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(jobs(&sink).await, vec![8.0]);
         drop(sink);
         // Restarted from the state file: the windows are back, and the redelivery of record 1
         // (a crash before the checkpoint) is still recognised.
         let sink = EmfSink::new(&config).unwrap();
         assert_eq!(jobs(&sink).await, vec![8.0]);
-        sink.deliver(&[batch(1, 5), batch(3, 1)]).await.unwrap();
+        sink.deliver(&[batch(1, 5), batch(3, 1)], &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(jobs(&sink).await, vec![9.0]);
     }
 

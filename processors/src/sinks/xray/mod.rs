@@ -24,6 +24,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use tidewater_proto::Signal;
+use tokio_util::sync::CancellationToken;
 
 pub use config::XraySinkConfig;
 
@@ -162,7 +163,11 @@ impl Sink for XraySink {
         matches!(signal, Signal::Traces | Signal::XraySegments)
     }
 
-    async fn deliver(&self, batches: &[Arc<Batch>]) -> anyhow::Result<()> {
+    async fn deliver(
+        &self,
+        batches: &[Arc<Batch>],
+        _stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let now = SystemTime::now();
         let owned = batches.to_vec();
         let cfg = self.translation.clone();

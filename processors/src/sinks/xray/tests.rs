@@ -99,7 +99,9 @@ async fn translates_chunks_sends_and_dead_letters() {
             SignalData::XraySegments(vec![sdk_doc.into(), "[not an object]".into()]),
         ),
     ];
-    sink.deliver(&batches).await.unwrap();
+    sink.deliver(&batches, &tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
 
     let calls = fake.calls.lock().unwrap().clone();
     assert_eq!(
@@ -146,9 +148,12 @@ async fn spans_with_no_xray_form_are_dead_lettered_not_lost() {
     // 40 days old: older than any trace id X-Ray takes.
     sent[0].start_time_unix_nano -= 40 * 86_400 * 1_000_000_000;
     sent[1].trace_id = vec![1, 2, 3];
-    sink.deliver(&[batch(Signal::Traces, SignalData::Traces(request))])
-        .await
-        .unwrap();
+    sink.deliver(
+        &[batch(Signal::Traces, SignalData::Traces(request))],
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(fake.calls.lock().unwrap().concat().len(), 1);
     let dead: Vec<Value> = std::fs::read_to_string(dir.path().join("xray.ndjson"))
