@@ -7,6 +7,7 @@
 pub mod anyvalue;
 pub mod config;
 pub mod decode;
+pub mod delivery;
 pub mod documents;
 pub mod emf;
 #[cfg(test)]
