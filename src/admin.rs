@@ -92,7 +92,14 @@ pub async fn serve(
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
-    let waiting = s.readiness.not_ready();
+    let mut waiting: Vec<String> = s
+        .readiness
+        .not_ready()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    // A sink failing for longer than its `unhealthy_after`, named with its last error.
+    waiting.extend(tidewater_processors::delivery::health::unhealthy());
     if waiting.is_empty() {
         (StatusCode::OK, "ready\n".into())
     } else {

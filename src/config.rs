@@ -8,6 +8,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use tidewater_bus::BusConfig;
 use tidewater_collector::CollectorConfig;
+use tidewater_processors::delivery::config::RENAMED_KEYS;
 use tidewater_processors::{ProcessorConfig, SinksConfig};
 
 /// Prefix of environment overrides: `TIDEWATER_BUS__KIND=embedded` sets `bus.kind`.
@@ -86,6 +87,20 @@ impl Config {
             figment = figment.merge(Serialized::global(&key, parse_env_value(&value)));
             from_env.insert(key, var);
         }
+        let renamed: Vec<String> = RENAMED_KEYS
+            .iter()
+            .filter(|(old, _)| figment.find_value(old).is_ok())
+            .map(|(old, new)| {
+                let origin = from_env
+                    .get(*old)
+                    .map(|var| format!(" (set by {var})"))
+                    .unwrap_or_default();
+                format!("{old}: this key is now {new}{origin}")
+            })
+            .collect();
+        if !renamed.is_empty() {
+            anyhow::bail!("invalid configuration:\n  {}", renamed.join("\n  "));
+        }
         let config: Config = figment.extract().map_err(|e| {
             let errors: Vec<String> = e.into_iter().map(|e| describe(e, &from_env)).collect();
             anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  "))
@@ -115,6 +130,7 @@ impl Config {
                 self.collector.batch.max_size
             );
         }
+        self.processor.validate().map_err(anyhow::Error::msg)?;
         self.sinks.validate().map_err(anyhow::Error::msg)?;
         let emf = &self.sinks.emf;
         if emf.enabled && emf.dedup_records < self.processor.max_poll_records {
@@ -245,6 +261,25 @@ mod tests {
             .to_string();
         assert!(
             e.contains("bus.kind") && e.contains("carrier-pigeon"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_renamed_retry_key_is_refused_with_its_new_name() {
+        let e = Config::load(None, env(&[("TIDEWATER_SINKS__XRAY__MAX_ATTEMPTS", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sinks.xray.max_attempts: this key is now sinks.xray.delivery.max_attempts")
+                && e.contains("TIDEWATER_SINKS__XRAY__MAX_ATTEMPTS"),
+            "{e}"
+        );
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[sinks.elasticsearch.bulk]\nmax_retries = 3").unwrap();
+        let e = Config::load(Some(f.path()), []).unwrap_err().to_string();
+        assert!(
+            e.contains("sinks.elasticsearch.delivery.max_attempts"),
             "{e}"
         );
     }

@@ -91,7 +91,6 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     if config.sinks.elasticsearch.enabled {
         sinks.push(Arc::new(ElasticsearchSink::new(
             config.sinks.elasticsearch.clone(),
-            &config.processor.dead_letter_dir,
         )?));
     }
     if sinks.is_empty() {
@@ -145,9 +144,10 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
         }
     }
     if role.processes() {
+        let p = &config.processor;
         lines.push(format!(
-            "processor: group {:?}, up to {} records per round",
-            config.processor.group, config.processor.max_poll_records
+            "processor: group {:?}, rounds of up to {} records / {} decompressed, memory limit {}",
+            p.group, p.max_poll_records, p.max_round_bytes, p.memory_limit
         ));
         if config.sinks.file.enabled {
             lines.push(format!("  sink file: {}", config.sinks.file.dir.display()));

@@ -427,7 +427,12 @@ fn log_records_land_in_the_group_and_stream_their_resource_maps_to() {
         .as_str()
         .unwrap()
         .contains("ancient history"));
-    assert!(tw.metrics().contains("tidewater_cloudwatch_logs_rejected_events_total{sink=\"cloudwatch_logs\",reason=\"too_old\"} 1"), "{}", tw.metrics());
+    assert!(
+        tw.metrics()
+            .contains("tidewater_sink_refusals_total{sink=\"cloudwatch_logs\",code=\"too_old\"} 1"),
+        "{}",
+        tw.metrics()
+    );
 }
 
 /// A small HTTP proxy in front of moto that answers some `PutLogEvents` calls with
@@ -562,10 +567,16 @@ fn throttled_requests_are_retried_and_nothing_is_sent_twice() {
         &[
             ("TIDEWATER_SINKS__CLOUDWATCH_LOGS__ENABLED", "true"),
             ("TIDEWATER_SINKS__CLOUDWATCH_LOGS__LOG_STREAM", "app"),
-            // Two attempts per request: the 2nd and 3rd throttles fail the round once, and
-            // the processor's retry must not send the request that already succeeded again.
-            ("TIDEWATER_SINKS__CLOUDWATCH_LOGS__MAX_ATTEMPTS", "2"),
-            ("TIDEWATER_SINKS__CLOUDWATCH_LOGS__RETRY_INITIAL", "50ms"),
+            // Throttling fails a call as a whole: the engine sends that call again, and
+            // only it, whatever the attempt budget.
+            (
+                "TIDEWATER_SINKS__CLOUDWATCH_LOGS__DELIVERY__MAX_ATTEMPTS",
+                "2",
+            ),
+            (
+                "TIDEWATER_SINKS__CLOUDWATCH_LOGS__DELIVERY__RETRY_INITIAL",
+                "50ms",
+            ),
             ("TIDEWATER_PROCESSOR__RETRY_INITIAL", "50ms"),
         ],
     );
@@ -602,9 +613,9 @@ fn throttled_requests_are_retried_and_nothing_is_sent_twice() {
             tw.log()
         )
     });
-    // Two requests (1 MiB each at most): the first stored, the second throttled twice (the
-    // round fails), then on the round's retry only the second is sent: throttled once, then
-    // stored. Five calls; a sixth would mean the first request was sent twice.
+    // Two requests (1 MiB each at most): the first to arrive stored, the other throttled
+    // three times, then stored. Five calls; a sixth would mean a stored request was sent
+    // twice.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(proxy.puts.load(std::sync::atomic::Ordering::SeqCst), 5);
     assert!(stored.len() >= 300);
@@ -622,8 +633,9 @@ fn throttled_requests_are_retried_and_nothing_is_sent_twice() {
     let want: Vec<String> = (0..300).map(|i| format!("record {i:03}")).collect();
     assert_eq!(bodies, want, "each record exactly once");
     assert!(
-        tw.metrics()
-            .contains("tidewater_processor_sink_failures_total{sink=\"cloudwatch_logs\"}"),
+        tw.metrics().contains(
+            "tidewater_sink_retries_total{sink=\"cloudwatch_logs\",reason=\"ThrottlingException\"}"
+        ),
         "{}",
         tw.metrics()
     );

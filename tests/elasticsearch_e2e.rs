@@ -379,14 +379,14 @@ fn events_over_grpc_and_http_land_typed_and_answer_the_analysts() {
     let docs = |outcome| {
         metric(
             &metrics,
-            "tidewater_elasticsearch_documents_total",
-            &[("kind", "events"), ("outcome", outcome)],
+            "tidewater_sink_items_total",
+            &[("sink", "elasticsearch"), ("outcome", outcome)],
         )
     };
     assert_eq!(
         (
-            docs("indexed"),
-            docs("already_indexed"),
+            docs("stored"),
+            docs("already_stored"),
             docs("dead_lettered")
         ),
         (17.0, 1.0, 0.0),

@@ -161,26 +161,33 @@ fn partial_bulk_failure_retries_only_the_429s_and_dead_letters_the_conflict() {
     assert_eq!(last, vec![ids(10..12); 3]);
 
     let m = tw.metrics();
-    let docs = |kind, outcome| {
+    let items = |outcome| {
         metric(
             &m,
-            "tidewater_elasticsearch_documents_total",
-            &[("kind", kind), ("outcome", outcome)],
+            "tidewater_sink_items_total",
+            &[("sink", "elasticsearch"), ("outcome", outcome)],
         )
     };
-    assert_eq!(docs("events", "indexed"), 12.0, "{m}");
-    assert_eq!(docs("events", "dead_lettered"), 1.0);
-    assert_eq!(docs("dead_letter", "indexed"), 1.0);
+    // 12 events and the dead letter indexed into the dead-letter index.
+    assert_eq!(items("stored"), 12.0 + 1.0, "{m}");
+    assert_eq!(items("dead_lettered"), 1.0);
     assert_eq!(
         metric(
             &m,
-            "tidewater_elasticsearch_retried_items_total",
-            &[("status", "429")]
+            "tidewater_sink_retries_total",
+            &[
+                ("sink", "elasticsearch"),
+                ("reason", "es_rejected_execution_exception")
+            ]
         ),
         3.0
     );
     assert_eq!(
-        metric(&m, "tidewater_elasticsearch_retried_requests_total", &[]),
+        metric(
+            &m,
+            "tidewater_sink_calls_total",
+            &[("sink", "elasticsearch"), ("answer", "retry")]
+        ),
         2.0
     );
 }
@@ -219,8 +226,8 @@ fn replay_after_a_crash_between_indexing_and_checkpoint_duplicates_nothing() {
         let m = tw.metrics();
         let again = metric(
             &m,
-            "tidewater_elasticsearch_documents_total",
-            &[("kind", "events"), ("outcome", "already_indexed")],
+            "tidewater_sink_items_total",
+            &[("sink", "elasticsearch"), ("outcome", "already_stored")],
         );
         (again >= 30.0).then_some(again)
     });
@@ -231,8 +238,8 @@ fn replay_after_a_crash_between_indexing_and_checkpoint_duplicates_nothing() {
     assert_eq!(
         metric(
             &m,
-            "tidewater_elasticsearch_documents_total",
-            &[("kind", "events"), ("outcome", "indexed")]
+            "tidewater_sink_items_total",
+            &[("sink", "elasticsearch"), ("outcome", "stored")]
         ),
         0.0,
         "nothing new after the restart: {m}"
@@ -323,7 +330,7 @@ fn bulk_limits_hold_and_mapping_explosion_is_dead_lettered() {
             "5".to_string(),
         ),
         (
-            "TIDEWATER_SINKS__ELASTICSEARCH__BULK__CONCURRENCY",
+            "TIDEWATER_SINKS__ELASTICSEARCH__DELIVERY__CONCURRENCY",
             "3".to_string(),
         ),
         (

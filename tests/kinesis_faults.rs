@@ -311,7 +311,10 @@ fn expired_iterators_and_throttling_neither_skip_nor_repeat_records() {
                 "stuck at {} records",
                 got.len()
             );
-            let records = consumer.poll(3, Duration::from_millis(300)).await.unwrap();
+            let records = consumer
+                .poll(3, usize::MAX, Duration::from_millis(300))
+                .await
+                .unwrap();
             got.extend(
                 records
                     .iter()
@@ -336,7 +339,7 @@ fn expired_iterators_and_throttling_neither_skip_nor_repeat_records() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
             consumer
-                .poll(10, Duration::from_millis(300))
+                .poll(10, usize::MAX, Duration::from_millis(300))
                 .await
                 .unwrap()
                 .is_empty(),

@@ -234,7 +234,7 @@ async fn poll_until(consumer: &mut KinesisConsumer, n: usize) -> Vec<tidewater_b
         );
         out.extend(
             consumer
-                .poll(100, Duration::from_millis(300))
+                .poll(100, usize::MAX, Duration::from_millis(300))
                 .await
                 .unwrap(),
         );

@@ -483,11 +483,28 @@ fn only_unprocessed_documents_are_retried_and_rejected_ones_dead_lettered() {
 
     let metrics = tw.metrics();
     for line in [
-        r#"tidewater_xray_dead_letter_documents_total{code="InvalidSegment"} 1"#,
-        r#"tidewater_xray_retried_documents_total{code="ThrottledException"} 2"#,
-        "tidewater_xray_sent_documents_total 119",
+        r#"tidewater_sink_refusals_total{sink="xray",code="InvalidSegment"} 1"#,
+        r#"tidewater_sink_items_total{sink="xray",outcome="stored"} 119"#,
         r#"tidewater_xray_translation_total{kind="remapped_trace_ids"} 120"#,
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+    // The engine counts every document sent again under the service's code: the two X-Ray
+    // left unprocessed, and those of the one call it throttled as a whole (at most 50; how
+    // many depends on how the round's records were cut into calls).
+    let retried: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"tidewater_sink_retries_total{sink="xray",reason="ThrottledException"} "#,
+            )
+        })
+        .unwrap_or_else(|| panic!("no ThrottledException retries:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (3..=52).contains(&retried),
+        "2 unprocessed documents and one throttled call of at most 50: {retried}"
+    );
 }

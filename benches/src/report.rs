@@ -12,7 +12,7 @@ pub enum Target {
     /// `loadgen --null-server`: the load generator's own ceiling.
     Null,
     Collector,
-    /// `tidewater processor` draining the bus into the file sink.
+    /// `tidewater processor` draining a backlog from the bus into a sink.
     Processor,
 }
 
@@ -42,6 +42,31 @@ pub struct Row {
     pub loadgen_cpu_cores: f64,
     /// Peak RSS of the server during the run.
     pub peak_rss_kib: u64,
+    /// Processor points only: what was drained, where to, on which cores, by which binary.
+    /// Absent from the results of runs before the drain points existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+}
+
+/// A processor point: a fresh `tidewater processor` draining a backlog the bus was filled
+/// with before it started, timed until its metrics show every item consumed and delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    /// "file", "xray" or "elasticsearch".
+    pub sink: String,
+    /// The cores it was allowed, as given to `taskset -c`.
+    pub cores: String,
+    pub core_count: usize,
+    /// The file name of the other `tidewater` binary this point ran (`--baseline-tidewater`),
+    /// or None for the tree's own.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Items (spans or events) in the backlog, all drained.
+    pub items: u64,
+    /// Bus records holding them.
+    pub records: u64,
+    /// From starting the process to the last item delivered.
+    pub drain_s: f64,
 }
 
 impl Row {
@@ -50,6 +75,25 @@ impl Row {
             self.items_per_s / self.server_cpu_cores
         } else {
             0.0
+        }
+    }
+
+    /// Which server: for processor drains, also which binary and, past one, which cores.
+    fn server_label(&self) -> String {
+        match (self.target, &self.drain) {
+            (Target::Null, _) => "null".into(),
+            (Target::Collector, _) => "collector".into(),
+            (Target::Processor, None) => "processor".into(),
+            (Target::Processor, Some(d)) => {
+                let mut label = "processor".to_string();
+                if let Some(b) = &d.baseline {
+                    let _ = write!(label, " ({b})");
+                }
+                if d.core_count > 1 {
+                    let _ = write!(label, " on cores {}", d.cores);
+                }
+                label
+            }
         }
     }
 
@@ -81,7 +125,27 @@ pub struct Report {
     pub rss_after_kib: u64,
     /// The concurrency of the traces/gRPC load curve.
     pub curve_concurrency: usize,
+    /// The settings every processor point ran with (besides its bus copy, admin port and
+    /// sink): empty in runs before the drain points existed.
+    #[serde(default)]
+    pub processor_settings: Vec<String>,
     pub rows: Vec<Row>,
+}
+
+/// Whether a drain point ran on one core or on more.
+#[derive(Clone, Copy)]
+enum Cores {
+    One,
+    More,
+}
+
+/// `a / b`, or 0 when there is no `b` to compare with.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
 }
 
 fn mib(kib: u64) -> f64 {
@@ -147,6 +211,212 @@ impl Report {
             .find(|r| r.offered_items_per_s == Some(100_000.0))
     }
 
+    /// The processor points of a run that had them.
+    pub fn drains(&self) -> impl Iterator<Item = (&Row, &Drain)> {
+        self.rows
+            .iter()
+            .filter(|r| r.target == Target::Processor)
+            .filter_map(|r| Some((r, r.drain.as_ref()?)))
+    }
+
+    /// The drain into `sink` by the tree's processor (or the baseline's), on one core or more.
+    fn drain(&self, sink: &str, baseline: bool, cores: Cores) -> Option<(&Row, &Drain)> {
+        self.drains().find(|(_, d)| {
+            d.sink == sink
+                && d.baseline.is_some() == baseline
+                && match cores {
+                    Cores::One => d.core_count <= 1,
+                    Cores::More => d.core_count > 1,
+                }
+        })
+    }
+
+    fn drain_method(&self, w: &mut String) {
+        let backlog = |sink: &str| {
+            self.drains()
+                .find(|(_, d)| d.sink == sink)
+                .map(|(r, d)| (si(d.items as f64), d.records, r.item.clone()))
+        };
+        let mut filled = Vec::new();
+        for sink in ["file", "elasticsearch"] {
+            if let Some((items, records, item)) = backlog(sink) {
+                filled.push(format!("{items} {item} ({records} bus records)"));
+            }
+        }
+        let filled = match filled.split_first() {
+            Some((first, rest)) => format!(
+                "{first} in requests of {} items over gRPC{}",
+                self.items_per_request,
+                rest.iter()
+                    .map(|f| format!(", and another with {f}"))
+                    .collect::<String>()
+            ),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            w,
+            "- Processor: a collector, pinned and set as above (but keeping every segment), \
+             fills a bus with {}, and stops. Each processor \
+             point copies that bus directory afresh (segments, and an empty `offsets/`, where \
+             the processor's checkpoint goes), so every point drains the same backlog, and \
+             starts a fresh `tidewater processor` on it, pinned with `taskset` to the cores \
+             shown, with default settings except: {}; the sink's own keys; no memory setting. \
+             It is timed from its start until its `/metrics` show every item consumed \
+             (`tidewater_processor_consumed_items_total`) and as many batches delivered as bus \
+             records consumed (`tidewater_processor_delivered_batches_total`, \
+             `tidewater_processor_consumed_records_total`). CPU: the processor's user + system \
+             time over its whole life, per second of that time; \"others on its cores\": what \
+             other processes took on those cores meanwhile; peak RSS: its `VmHWM` then.",
+            filled,
+            if self.processor_settings.is_empty() {
+                "none".to_string()
+            } else {
+                self.processor_settings.join(", ")
+            }
+        );
+        let _ = writeln!(
+            w,
+            "- Sinks: the file sink, on tmpfs (`sinks.file.fsync = false`); X-Ray \
+             (`sinks.xray.enabled = true`, file sink off), with the AWS SDK pointed \
+             (`AWS_ENDPOINT_URL_XRAY`) at `loadgen --null-server` on the load generator's core, \
+             which answers every `PutTraceSegments` with no unprocessed segment; Elasticsearch \
+             (`sinks.elasticsearch.enabled = true`, file sink off) against the same null \
+             server, which answers each `_bulk` with one `create` item of status 201 per \
+             document and the index-template calls with 200, fed with events (the sink takes \
+             no spans). The same null server stands behind both, so what is measured is the \
+             processor's translation and client, not a service."
+        );
+        if let Some((_, d)) = self.drains().find(|(_, d)| d.baseline.is_some()) {
+            let _ = writeln!(
+                w,
+                "- Before the rework: `{}` (`--baseline-tidewater`), the same file-sink drain \
+                 of the same backlog on one core, in the same run, given only keys both \
+                 versions know (the bus, log and file-sink keys; not `--env`).",
+                d.baseline.as_deref().unwrap_or_default()
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    fn processor_section(&self, w: &mut String) {
+        let _ = writeln!(w, "## Processor\n");
+        let one = self.drain("file", false, Cores::One);
+        let base = self.drain("file", true, Cores::One);
+        let two = self.drain("file", false, Cores::More);
+        let collector = self.flat_out_traces();
+        let met = |ok: bool| if ok { "met" } else { "**not met**" };
+        let _ = writeln!(w, "| goal (issue #13) | target | measured |");
+        let _ = writeln!(w, "|---|---|---|");
+        if let Some((r, d)) = one {
+            let _ = writeln!(
+                w,
+                "| peak RSS, default settings, draining {} {} into the file sink | | **{:.1} MiB**{} |",
+                si(d.items as f64),
+                r.item,
+                mib(r.peak_rss_kib),
+                base.map_or(String::new(), |(b, bd)| format!(
+                    "; before the rework ({}): {:.1} MiB",
+                    bd.baseline.as_deref().unwrap_or_default(),
+                    mib(b.peak_rss_kib)
+                ))
+            );
+            let mut measured = format!(
+                "**{}** ({} spans/s at {:.2} cores, drained in {:.1} s)",
+                si(r.items_per_cpu_second()),
+                si(r.items_per_s),
+                r.server_cpu_cores,
+                d.drain_s
+            );
+            if let Some((b, bd)) = base {
+                let _ = write!(
+                    measured,
+                    "; {:.2}× the processor before the rework ({}: {} spans per CPU-second)",
+                    ratio(r.items_per_cpu_second(), b.items_per_cpu_second()),
+                    bd.baseline.as_deref().unwrap_or_default(),
+                    si(b.items_per_cpu_second())
+                );
+            }
+            if let Some(c) = collector {
+                let of = ratio(r.items_per_cpu_second(), c.items_per_cpu_second());
+                let _ = write!(
+                    measured,
+                    "; {} of the collector's {} spans per CPU-second in this run: {}",
+                    percent(of),
+                    si(c.items_per_cpu_second()),
+                    met(of >= 0.5)
+                );
+            }
+            let _ = writeln!(
+                w,
+                "| spans per CPU-second, one core, file sink | ≥ ½ the collector's | {measured} |"
+            );
+        }
+        if let (Some((r1, _)), Some((r2, d2))) = (one, two) {
+            let x = ratio(r2.items_per_s, r1.items_per_s);
+            let _ = writeln!(
+                w,
+                "| {} cores against one, file sink (spans/s) | ≥ 1.7× | **{x:.2}×**: {} spans/s at {:.2} cores on cores {}, against {} at {:.2} on one: {} |",
+                d2.core_count,
+                si(r2.items_per_s),
+                r2.server_cpu_cores,
+                d2.cores,
+                si(r1.items_per_s),
+                r1.server_cpu_cores,
+                met(x >= 1.7)
+            );
+        }
+        for (sink, what) in [
+            ("xray", "X-Ray translation path"),
+            ("elasticsearch", "Elasticsearch documents"),
+        ] {
+            if let Some((r, d)) = self.drain(sink, false, Cores::One) {
+                let _ = writeln!(
+                    w,
+                    "| {what}, one core | | {} {}/s at {:.2} cores = **{} {} per CPU-second**, peak RSS {:.1} MiB, {} drained in {:.1} s |",
+                    si(r.items_per_s),
+                    r.item,
+                    r.server_cpu_cores,
+                    si(r.items_per_cpu_second()),
+                    r.item,
+                    mib(r.peak_rss_kib),
+                    si(d.items as f64),
+                    d.drain_s
+                );
+            }
+        }
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| processor | sink | cores | items | bus records | time to drain s | items/s | CPU (cores) | others on its cores | items per CPU-s | peak RSS MiB | dead letters |"
+        );
+        let _ = writeln!(w, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+        for (r, d) in self.drains() {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} {} | {} | {:.1} | {} | {:.2} | {} | {} | {:.1} | {} |",
+                d.baseline.as_deref().unwrap_or("this tree"),
+                d.sink,
+                d.cores,
+                si(d.items as f64),
+                r.item,
+                d.records,
+                d.drain_s,
+                si(r.items_per_s),
+                r.server_cpu_cores,
+                r.others_on_server_core
+                    .map_or(String::new(), |c| format!("{c:.2}")),
+                si(r.items_per_cpu_second()),
+                mib(r.peak_rss_kib),
+                r.errors
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let _ = writeln!(w);
+    }
+
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let w = &mut md;
@@ -200,7 +470,9 @@ impl Report {
              without decoding (with TCP_NODELAY, as the collector).\n"
         );
 
-        if self.rows.iter().any(|r| r.target == Target::Processor) {
+        if self.drains().next().is_some() {
+            self.drain_method(w);
+        } else if self.rows.iter().any(|r| r.target == Target::Processor) {
             let _ = writeln!(
                 w,
                 "- Processor: a collector fills the bus with 10,000 requests of traces and stops; \
@@ -236,7 +508,12 @@ impl Report {
                 r.server_cpu_cores
             );
         }
-        if let Some(r) = self.rows.iter().find(|r| r.target == Target::Processor) {
+        // Runs with drain points summarise the processor in a section of its own.
+        if let Some(r) = self
+            .rows
+            .iter()
+            .find(|r| r.target == Target::Processor && r.drain.is_none())
+        {
             let _ = writeln!(
                 w,
                 "| processor: traces from the bus to the file sink | | {} spans/s at {:.2} cores = {} spans per CPU-second, peak RSS {:.1} MiB |",
@@ -256,6 +533,9 @@ impl Report {
             w,
             "![throughput, CPU and memory against offered load](throughput.svg)\n"
         );
+        if self.drains().next().is_some() {
+            self.processor_section(w);
+        }
 
         let _ = writeln!(w, "## All load points\n");
         let _ = writeln!(
@@ -287,11 +567,7 @@ impl Report {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
-                match r.target {
-                    Target::Null => "null",
-                    Target::Collector => "collector",
-                    Target::Processor => "processor",
-                },
+                r.server_label(),
                 r.signal,
                 r.protocol,
                 if r.concurrency > 0 {
@@ -559,7 +835,25 @@ mod tests {
             others_on_server_core: Some(0.1),
             loadgen_cpu_cores: 0.5,
             peak_rss_kib: 20 * 1024,
+            drain: None,
         }
+    }
+
+    fn drain(sink: &str, cores: &str, baseline: Option<&str>, items_per_s: f64, cpu: f64) -> Row {
+        let mut r = row(Target::Processor, None, items_per_s, cpu);
+        r.protocol = format!("bus → {sink}");
+        r.concurrency = 0;
+        r.peak_rss_kib = 100 * 1024;
+        r.drain = Some(Drain {
+            sink: sink.into(),
+            cores: cores.into(),
+            core_count: cores.split(',').count(),
+            baseline: baseline.map(Into::into),
+            items: 2_000_000,
+            records: 400,
+            drain_s: 2_000_000.0 / items_per_s,
+        });
+        r
     }
 
     fn report() -> Report {
@@ -577,6 +871,7 @@ mod tests {
             idle_hwm_kib: 8 * 1024,
             rss_after_kib: 30 * 1024,
             curve_concurrency: 256,
+            processor_settings: vec![],
             rows: vec![
                 row(Target::Null, None, 2_000_000.0, 0.9),
                 row(Target::Collector, Some(100_000.0), 100_000.0, 0.4),
@@ -599,6 +894,67 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| idle RSS | < 10 MiB | 8.0 MiB"), "{md}");
+    }
+
+    #[test]
+    fn the_processor_section_relates_the_drains() {
+        let mut r = report();
+        r.rows.extend([
+            drain("file", "0", Some("tidewater-27a113c"), 100_000.0, 1.0),
+            drain("file", "0", None, 200_000.0, 1.0),
+            drain("file", "0,1", None, 360_000.0, 1.9),
+            drain("xray", "0", None, 50_000.0, 1.0),
+        ]);
+        r.rows[4].peak_rss_kib = 4000 * 1024;
+        let md = r.markdown();
+        assert!(md.contains("## Processor"), "{md}");
+        assert!(
+            md.contains("| **100.0 MiB**; before the rework (tidewater-27a113c): 4000.0 MiB |"),
+            "{md}"
+        );
+        // 200k against the baseline's 100k, and against the collector's 250k per CPU-second.
+        assert!(
+            md.contains("2.00× the processor before the rework (tidewater-27a113c: 100.0k"),
+            "{md}"
+        );
+        assert!(
+            md.contains("80% of the collector's 250.0k spans per CPU-second in this run: met"),
+            "{md}"
+        );
+        assert!(md.contains("| ≥ 1.7× | **1.80×**: 360.0k spans/s"), "{md}");
+        assert!(
+            md.contains("| X-Ray translation path, one core | | 50.0k spans/s"),
+            "{md}"
+        );
+        assert!(!md.contains("Elasticsearch documents, one core"), "{md}");
+        assert!(
+            md.contains("| processor on cores 0,1 | traces | bus → file |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| processor (tidewater-27a113c) | traces |"),
+            "{md}"
+        );
+        // The old one-line summary is for results without drain points only.
+        assert!(!md.contains("processor: traces from the bus"), "{md}");
+    }
+
+    #[test]
+    fn results_of_earlier_runs_still_read() {
+        let mut old = serde_json::to_value(report()).unwrap();
+        old.as_object_mut().unwrap().remove("processor_settings");
+        let mut processor =
+            serde_json::to_value(row(Target::Processor, None, 228_000.0, 1.0)).unwrap();
+        processor.as_object_mut().unwrap().remove("drain");
+        old["rows"].as_array_mut().unwrap().push(processor);
+        let r: Report = serde_json::from_value(old).unwrap();
+        assert!(r.drains().next().is_none());
+        let md = r.markdown();
+        assert!(
+            md.contains("processor: traces from the bus to the file sink"),
+            "{md}"
+        );
+        assert!(!md.contains("## Processor"), "{md}");
     }
 
     #[test]

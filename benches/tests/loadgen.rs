@@ -98,7 +98,7 @@ async fn every_signal_and_protocol_reaches_the_bus_whole() {
     let mut published: HashMap<i32, u64> = HashMap::new();
     loop {
         let records = consumer
-            .poll(1000, Duration::from_millis(200))
+            .poll(1000, usize::MAX, Duration::from_millis(200))
             .await
             .unwrap();
         if records.is_empty() {

@@ -237,7 +237,10 @@ async fn read_all(log: &Arc<EmbeddedLog>) -> Vec<(u64, Bytes)> {
     let mut consumer = log.consumer("fuzz").unwrap();
     let mut out = Vec::new();
     loop {
-        let got = consumer.poll(1000, Duration::ZERO).await.unwrap();
+        let got = consumer
+            .poll(1000, usize::MAX, Duration::ZERO)
+            .await
+            .unwrap();
         if got.is_empty() {
             return out;
         }

@@ -97,7 +97,18 @@ pub trait Producer: Send + Sync + 'static {
 pub trait Consumer: Send + 'static {
     /// Up to `max` records from the partitions this consumer holds, in order within each
     /// partition. Waits up to `wait` for the first record; an empty result means idle.
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError>;
+    ///
+    /// `max_bytes` bounds the payload bytes returned, so a caller that budgets its memory
+    /// (the processor's `memory_limit`) is never handed more than it has room for: the result
+    /// stops before the record that would take it past `max_bytes`, except that the first
+    /// record is always returned, however large, so a record bigger than the room cannot stall
+    /// its partition.
+    async fn poll(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, BusError>;
 
     /// Every record of `partition` up to and including `position` has been handled: after a
     /// restart, reading resumes after it.

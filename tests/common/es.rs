@@ -106,11 +106,11 @@ pub fn es_env(url: &str) -> Vec<(&'static str, String)> {
         // One node: replicas would never be assigned.
         ("TIDEWATER_SINKS__ELASTICSEARCH__REPLICAS", "0".into()),
         (
-            "TIDEWATER_SINKS__ELASTICSEARCH__BULK__RETRY_INITIAL",
+            "TIDEWATER_SINKS__ELASTICSEARCH__DELIVERY__RETRY_INITIAL",
             "20ms".into(),
         ),
         (
-            "TIDEWATER_SINKS__ELASTICSEARCH__BULK__RETRY_MAX",
+            "TIDEWATER_SINKS__ELASTICSEARCH__DELIVERY__RETRY_MAX",
             "200ms".into(),
         ),
     ]

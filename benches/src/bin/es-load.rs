@@ -49,10 +49,11 @@ async fn main() -> anyhow::Result<()> {
         replicas: 0,
         ..Default::default()
     };
-    config.bulk.concurrency = args.concurrency;
+    config.delivery.concurrency = args.concurrency;
     config.bulk.max_actions = args.max_actions;
     let dead_letters = std::env::temp_dir().join("tidewater-es-load");
-    let sink = ElasticsearchSink::new(config.clone(), &dead_letters)?;
+    config.delivery.dead_letter_dir = dead_letters.clone();
+    let sink = ElasticsearchSink::new(config.clone())?;
 
     let run = format!("load{}", chrono::Utc::now().timestamp_millis());
     let records: Vec<_> = (0..args.events.div_ceil(args.batch))

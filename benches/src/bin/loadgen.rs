@@ -39,7 +39,9 @@ const MAX_DURATION: Duration = Duration::from_secs(600);
 )]
 struct Args {
     /// Serve as a null OTLP/events server on ADDR (gRPC and HTTP on one port) that accepts
-    /// without decoding, for `--duration` (default 10 minutes), instead of sending.
+    /// without decoding, for `--duration` (default 10 minutes), instead of sending. It also
+    /// answers X-Ray's PutTraceSegments and Elasticsearch's `_bulk` and index-template calls
+    /// as the real services would on success, for the processor's sinks.
     #[arg(long, value_name = "ADDR")]
     null_server: Option<String>,
     /// host:port of the collector; 127.0.0.1:4317 for gRPC, 127.0.0.1:4318 for HTTP.

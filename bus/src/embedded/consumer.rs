@@ -88,7 +88,11 @@ impl EmbeddedConsumer {
     }
 
     /// One non-waiting read of whatever is available.
-    async fn read_available(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
+    async fn read_available(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, BusError> {
         let any = self
             .cursors
             .iter()
@@ -102,7 +106,11 @@ impl EmbeddedConsumer {
         let rr = self.rr;
         let group = self.group.clone();
         let (records, cursors) = tokio::task::spawn_blocking(move || {
-            read_batch(&log.partitions, &mut cursors, max, rr, &group).map(|r| (r, cursors))
+            let limits = Limits {
+                records: max,
+                bytes: max_bytes,
+            };
+            read_batch(&log.partitions, &mut cursors, limits, rr, &group).map(|r| (r, cursors))
         })
         .await
         .map_err(|e| BusError::Unavailable(format!("embedded log read task failed: {e}")))??;
@@ -120,7 +128,12 @@ impl Drop for EmbeddedConsumer {
 
 #[async_trait]
 impl Consumer for EmbeddedConsumer {
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError> {
+    async fn poll(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, BusError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -134,7 +147,7 @@ impl Consumer for EmbeddedConsumer {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let records = self.read_available(max).await?;
+            let records = self.read_available(max, max_bytes).await?;
             if !records.is_empty() {
                 return Ok(records);
             }
@@ -188,49 +201,98 @@ impl Consumer for EmbeddedConsumer {
     }
 }
 
-/// Reads up to `max` records, sharing the room fairly between partitions that have data.
+/// What one poll may return.
+#[derive(Clone, Copy)]
+struct Limits {
+    records: usize,
+    /// Payload bytes; the poll's first record is returned whatever its size.
+    bytes: usize,
+}
+
+/// What a poll has gathered so far.
+struct Gathered {
+    records: Vec<Record>,
+    bytes: usize,
+}
+
+impl Gathered {
+    /// Whether a payload of `len` bytes still fits: always the poll's first record, so one
+    /// larger than the whole room still goes through and its partition does not stall.
+    fn fits(&self, len: usize, limits: Limits) -> bool {
+        self.records.is_empty() || self.bytes.saturating_add(len) <= limits.bytes
+    }
+}
+
+/// Why a partition's read stopped.
+#[derive(PartialEq, Eq)]
+enum Stopped {
+    /// Its share of the poll (records or bytes) is used up; it may have more.
+    Share,
+    /// Nothing more is written yet, or its next record does not fit what is left of the poll.
+    Done,
+}
+
+/// Reads up to `limits` records and payload bytes, sharing both fairly between the
+/// partitions that have data: each gets an equal part of what is left, pass after pass.
 fn read_batch(
     parts: &[Arc<PartitionShared>],
     cursors: &mut [Cursor],
-    max: usize,
+    limits: Limits,
     rr: usize,
     group: &str,
 ) -> Result<Vec<Record>, BusError> {
     let n = parts.len();
-    let mut out = Vec::new();
+    let mut out = Gathered {
+        records: Vec::new(),
+        bytes: 0,
+    };
     let mut active: Vec<usize> = (0..n)
         .map(|i| (rr + i) % n)
         .filter(|&i| cursors[i].next < parts[i].end())
         .collect();
-    while out.len() < max && !active.is_empty() {
-        let share = ((max - out.len()) / active.len()).max(1);
+    while out.records.len() < limits.records && out.bytes < limits.bytes && !active.is_empty() {
+        let share = ((limits.records - out.records.len()) / active.len()).max(1);
+        let byte_share = ((limits.bytes - out.bytes) / active.len()).max(1);
         let mut still = Vec::with_capacity(active.len());
         for &i in &active {
-            let room = max - out.len();
+            let room = limits.records - out.records.len();
             if room == 0 {
                 break;
             }
             let want = share.min(room);
-            let got = read_partition(&parts[i], &mut cursors[i], want, group, &mut out)?;
-            if got == want && cursors[i].next < parts[i].end() {
+            let (got, stopped) = read_partition(
+                &parts[i],
+                &mut cursors[i],
+                (want, byte_share),
+                limits,
+                group,
+                &mut out,
+            )?;
+            // A partition that read nothing this pass has nothing that fits: leave it be, so
+            // the passes end.
+            if got > 0 && stopped == Stopped::Share && cursors[i].next < parts[i].end() {
                 still.push(i);
             }
         }
         active = still;
     }
-    Ok(out)
+    Ok(out.records)
 }
 
-/// Reads up to `want` records of one partition into `out`; returns how many.
+/// Reads up to `share` (records, payload bytes) of one partition into `out`, at least one
+/// record if it fits what is left of the poll; returns how many, and why it stopped.
 fn read_partition(
     part: &PartitionShared,
     cursor: &mut Cursor,
-    want: usize,
+    share: (usize, usize),
+    limits: Limits,
     group: &str,
-    out: &mut Vec<Record>,
-) -> Result<usize, BusError> {
+    out: &mut Gathered,
+) -> Result<(usize, Stopped), BusError> {
+    let (want, byte_share) = share;
     let label = part.index.to_string();
     let mut got = 0usize;
+    let mut got_bytes = 0usize;
     while got < want {
         let end = part.end();
         if cursor.next >= end {
@@ -313,11 +375,20 @@ fn read_partition(
                     payload: Some(payload),
                     ..
                 } => {
-                    out.push(Record {
+                    let len = payload.len();
+                    let first_here = got == 0 && n == 0;
+                    if !out.fits(len, limits) || (!first_here && got_bytes + len > byte_share) {
+                        // Left where it is (the cursor stays before it): the next poll reads
+                        // it again.
+                        return Ok((got + n as usize, Stopped::Share));
+                    }
+                    out.records.push(Record {
                         partition: label.clone(),
                         position: Position::Offset(cursor.next),
                         payload,
                     });
+                    out.bytes += len;
+                    got_bytes += len;
                     cursor.next += 1;
                     cursor.byte_pos = reader.pos();
                     n += 1;
@@ -339,7 +410,12 @@ fn read_partition(
             break;
         }
     }
-    Ok(got)
+    let stopped = if got == want {
+        Stopped::Share
+    } else {
+        Stopped::Done
+    };
+    Ok((got, stopped))
 }
 
 /// Byte position of the `records`-th frame of a segment, for a cursor starting mid-segment.

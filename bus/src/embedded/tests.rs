@@ -35,7 +35,7 @@ async fn drain(consumer: &mut EmbeddedConsumer, n: usize) -> Vec<Record> {
     let mut out = Vec::new();
     while out.len() < n {
         let got = consumer
-            .poll(n - out.len(), Duration::from_millis(500))
+            .poll(n - out.len(), usize::MAX, Duration::from_millis(500))
             .await
             .unwrap();
         if got.is_empty() {
@@ -116,7 +116,66 @@ async fn round_trip_across_partitions() {
         list.push(r.payload.clone());
     }
     assert_eq!(got, expected);
-    assert!(consumer.poll(10, Duration::ZERO).await.unwrap().is_empty());
+    assert!(consumer
+        .poll(10, usize::MAX, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A poll returns no more payload than asked, shared between partitions, except that its
+/// first record comes whatever its size; nothing is skipped or read twice.
+#[tokio::test]
+async fn polls_are_bounded_in_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(&config(tmp.path())).unwrap();
+    let producer = log.producer();
+    producer
+        .publish(&key(0, 4), vec![Bytes::from(vec![0u8; 1000]); 3])
+        .await
+        .unwrap();
+    producer
+        .publish(&key(1, 4), vec![Bytes::from(vec![1u8; 100]); 20])
+        .await
+        .unwrap();
+    let mut consumer = log.consumer("g").unwrap();
+    let sizes = |records: &[Record]| records.iter().map(|r| r.payload.len()).sum::<usize>();
+
+    // Larger than the whole room: still one record.
+    let first = consumer.poll(100, 10, Duration::ZERO).await.unwrap();
+    assert_eq!(first.len(), 1);
+
+    let mut all = first;
+    loop {
+        let got = consumer.poll(100, 1500, Duration::ZERO).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        assert!(sizes(&got) <= 1500 || got.len() == 1, "{}", sizes(&got));
+        all.extend(got);
+    }
+    let mut offsets: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in &all {
+        offsets
+            .entry(r.partition.clone())
+            .or_default()
+            .push(offset(r));
+    }
+    assert_eq!(offsets["0"], vec![0, 1, 2]);
+    assert_eq!(offsets["1"], (0..20).collect::<Vec<_>>());
+
+    // With room for a record of each, the next polls share it.
+    producer
+        .publish(&key(0, 4), vec![Bytes::from(vec![0u8; 100]); 5])
+        .await
+        .unwrap();
+    producer
+        .publish(&key(1, 4), vec![Bytes::from(vec![1u8; 100]); 5])
+        .await
+        .unwrap();
+    let shared = consumer.poll(100, 400, Duration::ZERO).await.unwrap();
+    assert_eq!(shared.len(), 4);
+    assert_eq!(shared.iter().filter(|r| r.partition == "0").count(), 2);
 }
 
 #[tokio::test]
@@ -137,7 +196,10 @@ async fn order_within_partition_and_fair_polls() {
         .unwrap();
 
     let mut consumer = log.consumer("g").unwrap();
-    let first = consumer.poll(50, Duration::from_secs(1)).await.unwrap();
+    let first = consumer
+        .poll(50, usize::MAX, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(first.len(), 50);
     assert_eq!(first.iter().filter(|r| r.partition == "3").count(), 5);
 
@@ -247,7 +309,11 @@ async fn commit_rejects_bad_input_and_one_consumer_per_group() {
     ));
     drop(consumer);
     let mut again = log.consumer("g").unwrap();
-    assert!(again.poll(10, Duration::ZERO).await.unwrap().is_empty());
+    assert!(again
+        .poll(10, usize::MAX, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -449,7 +515,10 @@ async fn retention_by_bytes_deletes_whole_old_segments_and_lagging_reader_skips(
         .publish(&key(0, 1), vec![Bytes::from(vec![1u8; 48]); 2])
         .await
         .unwrap();
-    let first = consumer.poll(1, Duration::from_secs(1)).await.unwrap();
+    let first = consumer
+        .poll(1, usize::MAX, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(offset(&first[0]), 0);
 
     for _ in 0..30 {
@@ -471,7 +540,12 @@ async fn retention_by_bytes_deletes_whole_old_segments_and_lagging_reader_skips(
     // A group created now starts at the oldest retained record.
     let mut fresh = log.consumer("fresh").unwrap();
     assert_eq!(
-        offset(&fresh.poll(1, Duration::from_secs(1)).await.unwrap()[0]),
+        offset(
+            &fresh
+                .poll(1, usize::MAX, Duration::from_secs(1))
+                .await
+                .unwrap()[0]
+        ),
         24
     );
     drop((consumer, fresh, producer));
@@ -653,7 +727,10 @@ async fn waiting_poll_is_woken_by_publish() {
             .unwrap();
     });
     let started = Instant::now();
-    let records = consumer.poll(10, Duration::from_secs(10)).await.unwrap();
+    let records = consumer
+        .poll(10, usize::MAX, Duration::from_secs(10))
+        .await
+        .unwrap();
     let waited = started.elapsed();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].partition, "2");
@@ -663,7 +740,7 @@ async fn waiting_poll_is_woken_by_publish() {
     // And an idle poll returns empty after its wait.
     let started = Instant::now();
     assert!(consumer
-        .poll(10, Duration::from_millis(200))
+        .poll(10, usize::MAX, Duration::from_millis(200))
         .await
         .unwrap()
         .is_empty());

@@ -82,7 +82,12 @@ impl Shared {
 pub struct KinesisConsumer {
     shared: Arc<Shared>,
     events: mpsc::Receiver<Event>,
+    /// Records read but not yet handed out, with the lease generation they were read under.
+    /// Filled from `events` only while it holds less than a poll asks for, so it stays within
+    /// one poll's worth plus one GetRecords response; readers wait on the channel beyond that.
     buffer: VecDeque<(u64, Record)>,
+    /// Payload bytes in `buffer`.
+    buffered_bytes: usize,
 }
 
 impl KinesisConsumer {
@@ -115,6 +120,7 @@ impl KinesisConsumer {
             shared,
             events: rx,
             buffer: VecDeque::new(),
+            buffered_bytes: 0,
         })
     }
 
@@ -136,6 +142,8 @@ impl KinesisConsumer {
                 match held.get_mut(&shard) {
                     Some(h) if h.generation == generation => {
                         h.buffered += records.len();
+                        self.buffered_bytes +=
+                            records.iter().map(|r| r.payload.len()).sum::<usize>();
                         self.buffer
                             .extend(records.into_iter().map(|r| (generation, r)));
                     }
@@ -198,31 +206,31 @@ impl Drop for KinesisConsumer {
 
 #[async_trait]
 impl Consumer for KinesisConsumer {
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError> {
+    async fn poll(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, BusError> {
         let deadline = Instant::now() + wait;
         loop {
-            while let Ok(event) = self.events.try_recv() {
+            while self.buffer.len() < max && self.buffered_bytes < max_bytes {
+                let Ok(event) = self.events.try_recv() else {
+                    break;
+                };
                 self.accept(event);
             }
             self.finish_ended().await?;
-            let mut out = Vec::new();
-            {
+            let out = {
                 let mut held = self.shared.held();
-                while out.len() < max {
-                    let Some((generation, record)) = self.buffer.pop_front() else {
-                        break;
-                    };
-                    // Records of a lease lost since they were read are the new owner's now.
-                    if let Some(h) = held
-                        .get_mut(&record.partition)
-                        .filter(|h| h.generation == generation)
-                    {
-                        h.buffered -= 1;
-                        h.returned = Some(record.position.clone());
-                        out.push(record);
-                    }
-                }
-            }
+                take(
+                    &mut self.buffer,
+                    &mut self.buffered_bytes,
+                    &mut held,
+                    max,
+                    max_bytes,
+                )
+            };
             if !out.is_empty() {
                 return Ok(out);
             }
@@ -294,6 +302,7 @@ impl Consumer for KinesisConsumer {
             })
             .collect();
         self.buffer.clear();
+        self.buffered_bytes = 0;
         for shard in shards {
             match self
                 .shared
@@ -311,6 +320,46 @@ impl Consumer for KinesisConsumer {
     }
 }
 
+/// Hands out up to `max` buffered records and `max_bytes` of payload, at least one record
+/// (however large) if any is buffered, and drops those of leases lost since they were read.
+fn take(
+    buffer: &mut VecDeque<(u64, Record)>,
+    buffered_bytes: &mut usize,
+    held: &mut HashMap<String, Held>,
+    max: usize,
+    max_bytes: usize,
+) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while out.len() < max {
+        let Some((generation, record)) = buffer.front() else {
+            break;
+        };
+        let len = record.payload.len();
+        let current = held
+            .get(&record.partition)
+            .is_some_and(|h| h.generation == *generation);
+        if current && !out.is_empty() && bytes + len > max_bytes {
+            break;
+        }
+        let Some((generation, record)) = buffer.pop_front() else {
+            break;
+        };
+        *buffered_bytes -= len;
+        // Records of a lease lost since they were read are the new owner's now.
+        if let Some(h) = held
+            .get_mut(&record.partition)
+            .filter(|h| h.generation == generation)
+        {
+            h.buffered -= 1;
+            h.returned = Some(record.position.clone());
+            bytes += len;
+            out.push(record);
+        }
+    }
+    out
+}
+
 pub(super) fn lost(shared: &Shared, shard: &str, why: &str) {
     if let Some(h) = shared.held().remove(shard) {
         h.stop.cancel();
@@ -321,5 +370,79 @@ pub(super) fn lost(shared: &Shared, shard: &str, why: &str) {
             "shard lease lost; another worker resumes from the checkpoint"
         );
         metrics::counter!("tidewater_kinesis_leases_lost_total").increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn held(generation: u64) -> Held {
+        Held {
+            counter: 0,
+            generation,
+            stop: CancellationToken::new(),
+            returned: None,
+            committed: None,
+            buffered: 0,
+            ended: false,
+        }
+    }
+
+    fn buffered(records: &[(&str, u64, usize)]) -> (VecDeque<(u64, Record)>, usize) {
+        let buffer: VecDeque<(u64, Record)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (shard, generation, len))| {
+                let record = Record {
+                    partition: shard.to_string(),
+                    position: Position::Sequence {
+                        sequence: i.to_string(),
+                        sub: 0,
+                    },
+                    payload: Bytes::from(vec![0u8; *len]),
+                };
+                (*generation, record)
+            })
+            .collect();
+        let bytes = records.iter().map(|r| r.2).sum();
+        (buffer, bytes)
+    }
+
+    #[test]
+    fn hands_out_up_to_max_bytes_but_at_least_one_record() {
+        let (mut buffer, mut bytes) = buffered(&[("a", 1, 600), ("a", 1, 300), ("a", 1, 300)]);
+        let mut held = HashMap::from([("a".to_string(), held(1))]);
+        held.get_mut("a").unwrap().buffered = 3;
+        let lens = |v: Vec<Record>| v.iter().map(|r| r.payload.len()).collect::<Vec<_>>();
+
+        assert_eq!(
+            lens(take(&mut buffer, &mut bytes, &mut held, 10, 100)),
+            [600],
+            "the first record goes out whatever its size"
+        );
+        assert_eq!(
+            lens(take(&mut buffer, &mut bytes, &mut held, 10, 599)),
+            [300],
+            "stops before passing max_bytes"
+        );
+        assert_eq!(
+            lens(take(&mut buffer, &mut bytes, &mut held, 10, 600)),
+            [300]
+        );
+        assert_eq!((buffer.len(), bytes, held["a"].buffered), (0, 0, 0));
+    }
+
+    #[test]
+    fn records_of_a_lost_lease_are_dropped_without_counting() {
+        let (mut buffer, mut bytes) = buffered(&[("a", 1, 500), ("b", 2, 100), ("b", 2, 100)]);
+        // Shard a was lost and taken again since its record was read.
+        let mut held = HashMap::from([("a".to_string(), held(3)), ("b".to_string(), held(2))]);
+        held.get_mut("b").unwrap().buffered = 2;
+        let out = take(&mut buffer, &mut bytes, &mut held, 10, 200);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|r| r.partition == "b"));
+        assert_eq!(bytes, 0);
     }
 }

@@ -230,7 +230,9 @@ async fn drain_all(spool: &Spool, putter: &Putter) -> Result<(), BusError> {
     loop {
         let mut consumer = spool.consumer().await?;
         loop {
-            let records = consumer.poll(500, Duration::from_millis(200)).await?;
+            let records = consumer
+                .poll(500, usize::MAX, Duration::from_millis(200))
+                .await?;
             if records.is_empty() {
                 break;
             }

@@ -1,6 +1,10 @@
 //! Writes each signal to `<dir>/<signal>.ndjson`: one line per OTLP batch (OTLP/JSON) for
 //! traces, metrics and logs, one document per event, one segment document per X-Ray segment.
 //! It lets a newcomer see the pipeline work with no cloud, and shows what the cloud sinks send.
+//!
+//! Its "service" is the local disk, delivered through the same engine as every other sink: a
+//! write that fails (a full disk) is retried with backoff until it succeeds or the processor
+//! stops, and the file is reopened first so a torn line is cut rather than written after.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -13,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use tidewater_proto::Signal;
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+
 use crate::decode::{Batch, SignalData};
+use crate::delivery::{Answer, DeliveryConfig, Engine, Service};
 use crate::documents::event_document;
 use crate::sink::Sink;
 
@@ -24,6 +31,8 @@ pub struct FileSinkConfig {
     pub dir: PathBuf,
     /// fsync after each delivery, so the checkpoint never moves past data a power cut loses.
     pub fsync: bool,
+    /// Retries of a failed write (a full disk), as for every sink; `concurrency` is always 1.
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for FileSinkConfig {
@@ -32,13 +41,13 @@ impl Default for FileSinkConfig {
             enabled: true,
             dir: PathBuf::from("tidewater-data/out"),
             fsync: true,
+            delivery: DeliveryConfig::default(),
         }
     }
 }
 
 pub struct FileSink {
-    config: FileSinkConfig,
-    files: Arc<Mutex<HashMap<Signal, File>>>,
+    engine: Engine<Files>,
 }
 
 impl FileSink {
@@ -46,11 +55,94 @@ impl FileSink {
         std::fs::create_dir_all(&config.dir).map_err(|e| {
             anyhow::anyhow!("cannot create file sink dir {}: {e}", config.dir.display())
         })?;
+        let delivery = DeliveryConfig {
+            // One writer per file keeps each file's lines in delivery order.
+            concurrency: 1,
+            ..config.delivery.clone()
+        };
+        let files = Files {
+            dir: config.dir.clone(),
+            fsync: config.fsync,
+            open: Arc::default(),
+        };
         Ok(FileSink {
-            config,
-            files: Arc::default(),
+            engine: Engine::new(files, delivery),
         })
     }
+}
+
+/// One signal's lines of a round, ready to append.
+pub struct Chunk {
+    signal: Signal,
+    text: Bytes,
+    lines: usize,
+}
+
+/// The files, as the engine's service: one call appends a round's chunks and syncs them.
+struct Files {
+    dir: PathBuf,
+    fsync: bool,
+    open: Arc<Mutex<HashMap<Signal, File>>>,
+}
+
+#[async_trait]
+impl Service for Files {
+    type Item = Chunk;
+
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn calls(&self, items: Vec<Chunk>) -> Vec<Vec<Chunk>> {
+        vec![items]
+    }
+
+    async fn call(&self, items: &[Chunk]) -> Answer {
+        let chunks: Vec<(Signal, Bytes)> =
+            items.iter().map(|c| (c.signal, c.text.clone())).collect();
+        let (open, dir, fsync) = (self.open.clone(), self.dir.clone(), self.fsync);
+        let written =
+            tokio::task::spawn_blocking(move || append(&open, &dir, fsync, &chunks)).await;
+        match written {
+            Ok(Ok(())) => Answer::Stored,
+            Ok(Err(e)) => Answer::retry("Io", e.to_string()),
+            Err(e) => Answer::retry("Io", format!("writer task: {e}")),
+        }
+    }
+
+    fn describe(&self, chunk: &Chunk) -> serde_json::Value {
+        serde_json::json!({ "signal": chunk.signal.label(), "lines": chunk.lines })
+    }
+}
+
+/// Appends each chunk to its signal's file. A file whose write failed is closed, so the retry
+/// reopens it and cuts the torn line the failure may have left.
+fn append(
+    open: &Mutex<HashMap<Signal, File>>,
+    dir: &Path,
+    fsync: bool,
+    chunks: &[(Signal, Bytes)],
+) -> anyhow::Result<()> {
+    // Nothing panics while holding it; a poisoned map still holds valid files.
+    let mut files = open.lock().unwrap_or_else(|p| p.into_inner());
+    for (signal, text) in chunks {
+        let path = dir.join(format!("{}.ndjson", signal.label()));
+        let file = match files.entry(*signal) {
+            std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                open_for_append(&path)
+                    .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?,
+            ),
+        };
+        let result = file
+            .write_all(text)
+            .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = result {
+            files.remove(signal);
+            anyhow::bail!("write {}: {e}", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// The lines a batch becomes.
@@ -130,44 +222,44 @@ impl Sink for FileSink {
     async fn deliver(
         &self,
         batches: &[Arc<Batch>],
-        _stop: &CancellationToken,
+        stop: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let now = chrono::Utc::now();
-        let mut by_signal: HashMap<Signal, String> = HashMap::new();
-        for batch in batches {
-            let out = by_signal.entry(batch.signal).or_default();
-            for line in lines(batch, now) {
-                out.push_str(&line);
-                out.push('\n');
-            }
-        }
-        let files = self.files.clone();
-        let dir = self.config.dir.clone();
-        let fsync = self.config.fsync;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut files = files
-                .lock()
-                .map_err(|_| anyhow::anyhow!("file sink lock poisoned"))?;
-            for (signal, text) in by_signal {
-                let file = match files.entry(signal) {
-                    std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        let path = dir.join(format!("{}.ndjson", signal.label()));
-                        v.insert(
-                            open_for_append(&path)
-                                .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?,
-                        )
-                    }
-                };
-                file.write_all(text.as_bytes())?;
-                if fsync {
-                    file.sync_data()?;
-                }
-            }
-            Ok(())
-        })
-        .await?
+        let owned = batches.to_vec();
+        // Rendering JSON is the CPU work of this sink: off the async workers, so rounds of
+        // several partitions render on all cores.
+        let chunks =
+            tokio::task::spawn_blocking(move || chunks(&owned, chrono::Utc::now())).await?;
+        self.engine.deliver(chunks, stop).await?;
+        Ok(())
     }
+}
+
+/// A round's lines, one chunk per signal, in bus order.
+fn chunks(batches: &[Arc<Batch>], now: chrono::DateTime<chrono::Utc>) -> Vec<Chunk> {
+    let mut by_signal: Vec<(Signal, String, usize)> = Vec::new();
+    for batch in batches {
+        let i = match by_signal.iter().position(|(s, _, _)| *s == batch.signal) {
+            Some(i) => i,
+            None => {
+                by_signal.push((batch.signal, String::new(), 0));
+                by_signal.len() - 1
+            }
+        };
+        let (_, out, count) = &mut by_signal[i];
+        for line in lines(batch, now) {
+            out.push_str(&line);
+            out.push('\n');
+            *count += 1;
+        }
+    }
+    by_signal
+        .into_iter()
+        .map(|(signal, text, lines)| Chunk {
+            signal,
+            text: Bytes::from(text),
+            lines,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -90,24 +90,36 @@ pub fn split_oversized(event: LogEvent, max_message: usize) -> Vec<LogEvent> {
 
 /// Splits `events` into requests within `limits`, each sorted by time. Events must already fit
 /// the per-event limit ([`split_oversized`]).
-pub fn batches(mut events: Vec<LogEvent>, limits: &Limits) -> Vec<Vec<LogEvent>> {
+pub fn batches(events: Vec<LogEvent>, limits: &Limits) -> Vec<Vec<LogEvent>> {
+    batches_by(events, limits, |e| e)
+}
+
+/// [`batches`] of anything that carries an event (the delivery engine's items). Every part of
+/// a request, its order kept, is a valid request too: still sorted, within the same 24 hours
+/// and limits. The engine relies on that when it sends parts of one again.
+pub fn batches_by<T>(
+    mut items: Vec<T>,
+    limits: &Limits,
+    event: impl Fn(&T) -> &LogEvent,
+) -> Vec<Vec<T>> {
     // Stable: events with the same timestamp keep their order.
-    events.sort_by_key(|e| e.timestamp_ms);
-    let mut out: Vec<Vec<LogEvent>> = Vec::new();
-    let mut current: Vec<LogEvent> = Vec::new();
+    items.sort_by_key(|i| event(i).timestamp_ms);
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut current: Vec<T> = Vec::new();
     let mut bytes = 0usize;
-    for e in events {
-        let size = event_bytes(&e);
+    for i in items {
+        let e = event(&i);
+        let size = event_bytes(e);
         let full = !current.is_empty()
             && (current.len() >= limits.max_events
                 || bytes + size > limits.max_bytes
-                || e.timestamp_ms - current[0].timestamp_ms > limits.max_span_ms);
+                || e.timestamp_ms - event(&current[0]).timestamp_ms > limits.max_span_ms);
         if full {
             out.push(std::mem::take(&mut current));
             bytes = 0;
         }
         bytes += size;
-        current.push(e);
+        current.push(i);
     }
     if !current.is_empty() {
         out.push(current);
@@ -203,58 +215,5 @@ mod tests {
         assert_eq!(joined, text);
         // Events that fit are untouched.
         assert_eq!(split_oversized(ev(1, "small"), 1000), vec![ev(1, "small")]);
-    }
-}
-
-/// Which events of a request the service refused, from its `rejectedLogEventsInfo` indexes,
-/// with the reason: events at or after `too_new_start` are too far in the future, those up to
-/// `too_old_end` older than 14 days, those up to `expired_end` older than the group's
-/// retention.
-pub fn rejected(
-    len: usize,
-    too_new_start: Option<i32>,
-    too_old_end: Option<i32>,
-    expired_end: Option<i32>,
-) -> Vec<(usize, &'static str)> {
-    let upto = |end: Option<i32>| end.map_or(0, |e| (e.max(-1) + 1) as usize).min(len);
-    let old = upto(too_old_end);
-    let expired = upto(expired_end);
-    let new_from = too_new_start.map_or(len, |s| (s.max(0) as usize).min(len));
-    (0..len)
-        .filter_map(|i| {
-            if i >= new_from {
-                Some((i, "too_new"))
-            } else if i < old {
-                Some((i, "too_old"))
-            } else if i < expired {
-                Some((i, "expired"))
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod rejected_tests {
-    use super::rejected;
-
-    #[test]
-    fn rejected_indexes_name_each_refused_event() {
-        assert_eq!(rejected(5, None, None, None), vec![]);
-        assert_eq!(
-            rejected(6, Some(4), Some(0), Some(1)),
-            vec![
-                (0, "too_old"),
-                (1, "expired"),
-                (4, "too_new"),
-                (5, "too_new")
-            ]
-        );
-        // Out-of-range indexes from the service cannot make us index past the request.
-        assert_eq!(
-            rejected(2, Some(9), Some(7), None),
-            vec![(0, "too_old"), (1, "too_old")]
-        );
     }
 }

@@ -1,12 +1,12 @@
-use std::path::PathBuf;
-use std::time::Duration;
+//! `[sinks.cloudwatch_logs]`, and the checks both CloudWatch sinks share.
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 use super::batch::Limits;
 use super::template::{NameKind, Template};
-use super::writer::{WriterConfig, RETENTION_DAYS};
+use super::writer::RETENTION_DAYS;
+use crate::delivery::DeliveryConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,17 +22,10 @@ pub struct CloudWatchLogsConfig {
     pub include_resource: bool,
     /// Largest event, message plus 26 bytes; larger ones are split into marked parts.
     pub max_event_size: ByteSize,
-    /// Log streams written at the same time.
-    pub concurrency: usize,
-    /// Attempts per request on throttling and transient errors (the SDK's standard retry,
-    /// exponential backoff with jitter from `retry_initial` up to `retry_max`).
-    pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub retry_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
-    /// Events the service refuses (too old, too new, expired) go to `cloudwatch_logs.ndjson` here.
-    pub dead_letter_dir: PathBuf,
+    /// `PutLogEvents` calls in flight, retries and dead letters, as for every sink: events
+    /// CloudWatch refuses (too old, too new, expired) go to
+    /// `<dead_letter_dir>/cloudwatch_logs.ndjson`.
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for CloudWatchLogsConfig {
@@ -44,11 +37,7 @@ impl Default for CloudWatchLogsConfig {
             retention_days: 0,
             include_resource: false,
             max_event_size: ByteSize::kib(256),
-            concurrency: 4,
-            max_attempts: 8,
-            retry_initial: Duration::from_millis(200),
-            retry_max: Duration::from_secs(20),
-            dead_letter_dir: PathBuf::from("tidewater-data/dead-letter"),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -58,7 +47,6 @@ pub fn validate_writer(
     at: &str,
     retention_days: u32,
     max_event_size: ByteSize,
-    concurrency: usize,
 ) -> Result<(), String> {
     if retention_days != 0 && !RETENTION_DAYS.contains(&retention_days) {
         return Err(format!(
@@ -71,10 +59,15 @@ pub fn validate_writer(
             "{at}.max_event_size: must be between 1 KiB and 1 MiB (CloudWatch's limit), got {max_event_size}"
         ));
     }
-    if concurrency == 0 {
-        return Err(format!("{at}.concurrency: must be at least 1"));
-    }
     Ok(())
+}
+
+/// The request limits with the configured event size.
+pub fn limits(max_event_size: ByteSize) -> Limits {
+    Limits {
+        max_event_bytes: max_event_size.as_u64() as usize,
+        ..Limits::default()
+    }
 }
 
 impl CloudWatchLogsConfig {
@@ -92,24 +85,7 @@ impl CloudWatchLogsConfig {
             "sinks.cloudwatch_logs",
             self.retention_days,
             self.max_event_size,
-            self.concurrency,
-        )
-    }
-
-    pub fn writer(&self) -> WriterConfig {
-        WriterConfig {
-            sink: "cloudwatch_logs",
-            retention_days: self.retention_days,
-            limits: Limits {
-                max_event_bytes: self.max_event_size.as_u64() as usize,
-                ..Limits::default()
-            },
-            split_oversized: true,
-            concurrency: self.concurrency,
-            max_attempts: self.max_attempts,
-            retry_initial: self.retry_initial,
-            retry_max: self.retry_max,
-            dead_letter_dir: self.dead_letter_dir.clone(),
-        }
+        )?;
+        self.delivery.validate("sinks.cloudwatch_logs.delivery")
     }
 }

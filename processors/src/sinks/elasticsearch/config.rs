@@ -1,11 +1,14 @@
-//! `[sinks.elasticsearch]`: where to index, how to authenticate, how big and how many bulk
-//! requests, how to retry.
+//! `[sinks.elasticsearch]`: where to index, how to authenticate, how big a bulk request may
+//! be, and how to deliver (`[sinks.elasticsearch.delivery]`, the engine's table shared by every
+//! sink).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
+
+use crate::delivery::DeliveryConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,8 +22,9 @@ pub struct ElasticsearchSinkConfig {
     /// Also index OTLP log records.
     pub logs: bool,
     pub logs_index: String,
-    /// Documents the cluster rejected (mapping or parse errors), with the reason. They are
-    /// also appended to `<processor.dead_letter_dir>/elasticsearch.ndjson`.
+    /// Documents the cluster rejected (mapping or parse errors), with the reason, are indexed
+    /// here, once the engine has appended them to
+    /// `<delivery.dead_letter_dir>/elasticsearch.ndjson`.
     pub dead_letter_index: String,
     /// Install the index templates at start-up when missing (or when an older Tidewater
     /// installed a different one). Templates someone else owns are left alone.
@@ -35,6 +39,8 @@ pub struct ElasticsearchSinkConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub bulk: BulkConfig,
+    /// Concurrency, retries and dead letters: the delivery engine's settings.
+    pub delivery: DeliveryConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
 }
@@ -56,9 +62,19 @@ impl Default for ElasticsearchSinkConfig {
             replicas: 1,
             request_timeout: Duration::from_secs(30),
             bulk: BulkConfig::default(),
+            delivery: default_delivery(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
         }
+    }
+}
+
+/// The engine's defaults, but for `retry_max`: this sink waited at most 10 s between retries
+/// before it moved onto the engine, and a cluster back from an outage is used again as soon.
+fn default_delivery() -> DeliveryConfig {
+    DeliveryConfig {
+        retry_max: Duration::from_secs(10),
+        ..DeliveryConfig::default()
     }
 }
 
@@ -81,17 +97,6 @@ pub struct BulkConfig {
     pub max_bytes: ByteSize,
     /// ...or this many documents, whichever comes first.
     pub max_actions: usize,
-    /// `_bulk` requests in flight at once.
-    pub concurrency: usize,
-    /// Items refused with 429 or 5xx (and whole requests that fail in transit) are retried
-    /// this many times, with backoff from `retry_initial` doubling to `retry_max` and jitter;
-    /// after that the round fails and the processor retries it (already indexed documents
-    /// then answer 409, which counts as done).
-    pub max_retries: u32,
-    #[serde(with = "humantime_serde")]
-    pub retry_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
 }
 
 impl Default for BulkConfig {
@@ -99,10 +104,6 @@ impl Default for BulkConfig {
         BulkConfig {
             max_bytes: ByteSize::mib(5),
             max_actions: 5000,
-            concurrency: 4,
-            max_retries: 8,
-            retry_initial: Duration::from_millis(200),
-            retry_max: Duration::from_secs(10),
         }
     }
 }
@@ -154,11 +155,12 @@ impl ElasticsearchSinkConfig {
     /// Checks what serde cannot: called when the sink is built.
     pub fn validate(&self) -> anyhow::Result<()> {
         let b = &self.bulk;
-        if b.max_actions == 0 || b.concurrency == 0 {
-            anyhow::bail!(
-                "sinks.elasticsearch.bulk.max_actions and concurrency must be at least 1"
-            );
+        if b.max_actions == 0 {
+            anyhow::bail!("sinks.elasticsearch.bulk.max_actions must be at least 1");
         }
+        self.delivery
+            .validate("sinks.elasticsearch.delivery")
+            .map_err(anyhow::Error::msg)?;
         // Elasticsearch's default http.max_content_length, and Amazon OpenSearch Service's
         // payload limit on its largest instance types: a bigger request can only be refused.
         if b.max_bytes.as_u64() < 1024 || b.max_bytes > ByteSize::mib(100) {
@@ -241,6 +243,13 @@ mod tests {
         c.logs_index = "events-logs".into();
         assert!(c.validate().unwrap_err().to_string().contains("overlap"));
         c.logs_index = "logs".into();
+        c.delivery.concurrency = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("sinks.elasticsearch.delivery.concurrency"));
+        c.delivery.concurrency = 4;
         c.auth.kind = AuthKind::Basic;
         assert!(c.validate().unwrap_err().to_string().contains("username"));
     }

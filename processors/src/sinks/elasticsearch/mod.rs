@@ -3,40 +3,40 @@
 //!
 //! - `config.rs`: `[sinks.elasticsearch]`;
 //! - `template.rs`: the index templates (mappings, dynamic templates, field limits), installed
-//!   at start-up when missing;
+//!   before the first delivery when missing;
 //! - `request.rs`: documents → `create` actions → `_bulk` bodies bounded by bytes and count;
 //! - `service.rs`: the `elasticsearch` client (basic / API key / custom CA / SigV4 in
-//!   `sigv4.rs`), `_bulk` item results;
-//! - `retry.rs`: item-level retry of 429/5xx, 409 as already indexed, 400 as rejected;
-//! - `dead_letter.rs`: rejected documents with the reason, to a file and an index.
+//!   `sigv4.rs`) and `_bulk` as the delivery engine's service;
+//! - `classify.rs`: what a `_bulk` answer means, item by item (409 already indexed, 400
+//!   rejected, 429/5xx sent again) and as a whole (413 halved, 401/403 fatal);
+//! - `dead_letter.rs`: what a dead letter keeps, and the same line for the dead-letter index.
 //!
-//! A delivery returns `Ok` only when every document is indexed, already indexed, or
-//! dead-lettered; the processor's checkpoint moves only then.
+//! Retries, concurrency, the dead-letter file and the metrics are the delivery engine's
+//! ([`crate::delivery`]). A delivery returns `Ok` only when every document is indexed, already
+//! indexed, or dead-lettered; the processor's checkpoint moves only then.
 
+pub mod classify;
 pub mod config;
 pub mod dead_letter;
 pub mod request;
-pub mod retry;
 pub mod service;
 pub mod sigv4;
 pub mod template;
+#[cfg(test)]
+mod tests;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt};
 use tidewater_proto::Signal;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::Batch;
+use crate::delivery::{health, Backoff, Engine, Stopped};
 use crate::sink::Sink;
 pub use config::ElasticsearchSinkConfig;
-use dead_letter::DeadLetterFile;
-use request::{BulkItem, DocKind};
-use retry::{ItemResult, RetryPolicy};
-use service::EsService;
+use service::{Doc, EsService, NAME};
 use template::Install;
 
 pub struct ElasticsearchSink {
@@ -45,33 +45,28 @@ pub struct ElasticsearchSink {
 
 struct Inner {
     config: ElasticsearchSinkConfig,
-    service: EsService,
-    policy: RetryPolicy,
+    engine: Engine<EsService>,
     templates: OnceCell<()>,
-    dead_letters: DeadLetterFile,
 }
 
 impl ElasticsearchSink {
     /// Builds the client and, inside a runtime, starts installing the templates; the first
-    /// delivery waits for that (and retries it if the cluster was not reachable).
-    pub fn new(config: ElasticsearchSinkConfig, dead_letter_dir: &Path) -> anyhow::Result<Self> {
+    /// delivery waits for that (and keeps trying if the cluster was not reachable).
+    ///
+    /// Dead letters go to `config.delivery.dead_letter_dir`; the second argument (the
+    /// processor's directory for undecodable records, where they went before) is no longer
+    /// read.
+    pub fn new(config: ElasticsearchSinkConfig) -> anyhow::Result<Self> {
         config.validate()?;
-        let b = &config.bulk;
         let inner = Arc::new(Inner {
-            service: EsService::new(&config)?,
-            policy: RetryPolicy {
-                max_retries: b.max_retries,
-                initial: b.retry_initial,
-                max: b.retry_max,
-            },
+            engine: Engine::new(EsService::new(&config)?, config.delivery.clone()),
             templates: OnceCell::new(),
-            dead_letters: DeadLetterFile::new(dead_letter_dir.to_path_buf()),
             config,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let early = inner.clone();
             runtime.spawn(async move {
-                if let Err(e) = early.ensure_templates().await {
+                if let Err(e) = early.install_templates().await {
                     tracing::warn!(error = %e, "cannot install Elasticsearch index templates yet; retrying at the first delivery");
                 }
             });
@@ -81,14 +76,41 @@ impl ElasticsearchSink {
 }
 
 impl Inner {
-    async fn ensure_templates(&self) -> anyhow::Result<()> {
+    /// Installs the templates, retrying with backoff until they are in or `stop`: a document
+    /// indexed before its template would take the cluster's default mappings for good.
+    async fn ensure_templates(&self, stop: &CancellationToken) -> Result<(), Stopped> {
+        let delivery = &self.config.delivery;
+        let mut backoff = Backoff::new(delivery.retry_initial, delivery.retry_max);
+        let mut failed = false;
+        loop {
+            match self.install_templates().await {
+                Ok(()) => {
+                    if failed {
+                        health::answered(NAME);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(error = %e, "cannot install Elasticsearch index templates; retrying");
+                    health::failed(NAME, &format!("index templates: {e}"), false);
+                    if !backoff.wait(stop).await {
+                        return Err(Stopped);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn install_templates(&self) -> anyhow::Result<()> {
         if !self.config.install_templates {
             return Ok(());
         }
+        let service = self.engine.service();
         self.templates
             .get_or_try_init(|| async {
                 for t in template::templates(&self.config) {
-                    let existing = self.service.template(&t.name).await?;
+                    let existing = service.template(&t.name).await?;
                     match template::decide(existing.as_ref(), &t) {
                         Install::UpToDate => {}
                         Install::Foreign => tracing::warn!(
@@ -96,8 +118,11 @@ impl Inner {
                             "an index template of that name exists and was not installed by Tidewater; leaving it as it is"
                         ),
                         decision @ (Install::Missing | Install::Outdated) => {
-                            self.service.put_template(&t.name, &t.body).await?;
+                            service.put_template(&t.name, &t.body).await?;
                             tracing::info!(template = %t.name, ?decision, "installed index template");
+                            if t.name == self.config.dead_letter_index {
+                                self.upgrade_dead_letter_index(&t).await;
+                            }
                         }
                     }
                 }
@@ -107,73 +132,30 @@ impl Inner {
         Ok(())
     }
 
-    /// Sends one request's worth of documents to the end: stored, already there, or
-    /// dead-lettered.
-    async fn send_chunk(&self, chunk: Vec<BulkItem>) -> anyhow::Result<()> {
-        let outcome = retry::send_with_retry(&self.service, chunk, &self.policy).await?;
-        for (items, label) in [
-            (&outcome.stored, "indexed"),
-            (&outcome.already_stored, "already_indexed"),
-        ] {
-            for item in items {
-                count(item.kind, label);
+    /// A template shapes only indices created after it: the dead-letter index an older
+    /// Tidewater created (one index, strict) gets the fields dead letters have now, or it
+    /// would refuse every one of them.
+    async fn upgrade_dead_letter_index(&self, t: &template::Template) {
+        let index = &self.config.dead_letter_index;
+        match self
+            .engine
+            .service()
+            .put_mapping(index, &t.body["template"]["mappings"])
+            .await
+        {
+            Ok(true) => tracing::info!(index = %index, "updated the dead-letter index's mappings"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(index = %index, error = %e, "cannot update the dead-letter index's mappings; dead letters it refuses are in the file only")
             }
         }
-        for status in &outcome.retried {
-            metrics::counter!("tidewater_elasticsearch_retried_items_total", "status" => status.to_string())
-                .increment(1);
-        }
-        metrics::counter!("tidewater_elasticsearch_retried_requests_total")
-            .increment(outcome.retried_requests as u64);
-        if !outcome.rejected.is_empty() {
-            self.dead_letter(outcome.rejected).await?;
-        }
-        Ok(())
     }
-
-    async fn dead_letter(&self, rejected: Vec<(BulkItem, ItemResult)>) -> anyhow::Result<()> {
-        let now = chrono::Utc::now();
-        let records: Vec<_> = rejected
-            .iter()
-            .map(|(item, result)| dead_letter::record(item, result, now))
-            .collect();
-        self.dead_letters.append(&records).await?;
-        let mut to_index = Vec::new();
-        for ((item, result), record) in rejected.iter().zip(&records) {
-            count(item.kind, "dead_lettered");
-            let reason = result
-                .error
-                .as_ref()
-                .map(|e| e.reason.as_str())
-                .unwrap_or("");
-            tracing::warn!(index = %item.index, id = %item.id, status = result.status, reason, "document rejected; dead-lettered");
-            // A dead letter the dead-letter index refuses stays in the file only: never loop.
-            if item.kind != DocKind::DeadLetter {
-                to_index.push(BulkItem::create(
-                    DocKind::DeadLetter,
-                    self.config.dead_letter_index.clone(),
-                    &dead_letter::record_id(item),
-                    record,
-                )?);
-            }
-        }
-        if !to_index.is_empty() {
-            // Boxed: this future is part of the one that called it.
-            Box::pin(self.send_chunk(to_index)).await?;
-        }
-        Ok(())
-    }
-}
-
-fn count(kind: DocKind, outcome: &'static str) {
-    metrics::counter!("tidewater_elasticsearch_documents_total", "kind" => kind.label(), "outcome" => outcome)
-        .increment(1);
 }
 
 #[async_trait]
 impl Sink for ElasticsearchSink {
     fn name(&self) -> &'static str {
-        "elasticsearch"
+        NAME
     }
 
     fn accepts(&self, signal: Signal) -> bool {
@@ -187,21 +169,27 @@ impl Sink for ElasticsearchSink {
     async fn deliver(
         &self,
         batches: &[Arc<Batch>],
-        _stop: &CancellationToken,
+        stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         let inner = &self.inner;
-        inner.ensure_templates().await?;
-        let bulk = &inner.config.bulk;
-        let items = request::batch_items(batches, &inner.config, chrono::Utc::now());
-        // Requests are built as they are sent: at most `concurrency` are in memory at once.
-        futures::stream::iter(request::chunks(
-            items,
-            bulk.max_bytes.as_u64() as usize,
-            bulk.max_actions,
-        ))
-        .map(|chunk| inner.send_chunk(chunk))
-        .buffer_unordered(bulk.concurrency)
-        .try_collect::<()>()
-        .await
+        inner.ensure_templates(stop).await?;
+        // Encoding a round's documents is CPU work: off the async workers.
+        let docs = {
+            let (inner, batches) = (inner.clone(), batches.to_vec());
+            tokio::task::spawn_blocking(move || {
+                request::batch_items(&batches, &inner.config, chrono::Utc::now())
+                    .map(Doc::new)
+                    .collect::<Vec<_>>()
+            })
+            .await?
+        };
+        let report = inner.engine.deliver(docs, stop).await?;
+        // Already in the file; also indexed where they can be searched. What the dead-letter
+        // index refuses is in the file only.
+        let letters = dead_letter::to_index(&report.dead_lettered, &inner.config.dead_letter_index);
+        if !letters.is_empty() {
+            inner.engine.deliver(letters, stop).await?;
+        }
+        Ok(())
     }
 }

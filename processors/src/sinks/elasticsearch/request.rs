@@ -4,6 +4,8 @@
 //! `create` (not `index`) with a deterministic `_id` makes a replay harmless: a document
 //! already stored answers 409 and is left as it was.
 
+use std::borrow::Borrow;
+
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -181,14 +183,15 @@ fn encoded(kind: DocKind, index: String, id: &str, doc: &serde_json::Value) -> O
 }
 
 /// Splits items into requests of at most `max_bytes` (unless one item alone is larger: it
-/// goes alone) and `max_actions` items, keeping order.
+/// goes alone) and `max_actions` items, keeping order. Items are `BulkItem`s or anything that
+/// carries one (the engine's documents).
 pub struct Chunks<I: Iterator> {
     items: std::iter::Peekable<I>,
     max_bytes: usize,
     max_actions: usize,
 }
 
-pub fn chunks<I: Iterator<Item = BulkItem>>(
+pub fn chunks<T: Borrow<BulkItem>, I: Iterator<Item = T>>(
     items: I,
     max_bytes: usize,
     max_actions: usize,
@@ -200,19 +203,20 @@ pub fn chunks<I: Iterator<Item = BulkItem>>(
     }
 }
 
-impl<I: Iterator<Item = BulkItem>> Iterator for Chunks<I> {
-    type Item = Vec<BulkItem>;
+impl<T: Borrow<BulkItem>, I: Iterator<Item = T>> Iterator for Chunks<I> {
+    type Item = Vec<T>;
 
-    fn next(&mut self) -> Option<Vec<BulkItem>> {
+    fn next(&mut self) -> Option<Vec<T>> {
         let mut chunk = Vec::new();
         let mut bytes = 0;
         while let Some(next) = self.items.peek() {
+            let len = next.borrow().len();
             if !chunk.is_empty()
-                && (chunk.len() >= self.max_actions || bytes + next.len() > self.max_bytes)
+                && (chunk.len() >= self.max_actions || bytes + len > self.max_bytes)
             {
                 break;
             }
-            bytes += next.len();
+            bytes += len;
             chunk.extend(self.items.next());
         }
         (!chunk.is_empty()).then_some(chunk)

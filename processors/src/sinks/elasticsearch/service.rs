@@ -1,28 +1,84 @@
-//! The HTTP side: an `elasticsearch` client with the configured auth and TLS, `_bulk` with
-//! item results parsed, and index template reads and writes. Thin: decisions live in
-//! `retry.rs` and `template.rs`.
+//! The HTTP side: an `elasticsearch` client with the configured auth and TLS, index template
+//! reads and writes, and `_bulk` as the delivery engine's [`Service`]: documents cut into
+//! requests by `bulk.max_bytes` and `bulk.max_actions`, one request per call, its answer read
+//! by `classify.rs`. Thin: decisions live in `classify.rs` and `template.rs`, retries in the
+//! engine (the `elasticsearch` crate's transport never retries on its own).
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
-use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::{Method, StatusCode, Url};
 use elasticsearch::Elasticsearch;
-use serde::Deserialize;
 use serde_json::Value;
 
+use super::classify::{self, excerpt, ItemResult, Reply};
 use super::config::{AuthKind, ElasticsearchSinkConfig};
-use super::retry::{BulkSender, ItemResult, SendError};
+use super::request::{self, BulkItem};
 use super::sigv4::SigV4;
+use crate::delivery::{Answer, Service};
+
+/// The sink's name in the engine's metrics, logs, dead letters and `/readyz`.
+pub const NAME: &str = "elasticsearch";
 
 pub struct EsService {
     client: Elasticsearch,
     base: Url,
     sigv4: Option<SigV4>,
+    max_bytes: usize,
+    max_actions: usize,
+}
+
+/// A document as the engine carries it: its encoded `create` action, and what the cluster last
+/// told about it. The engine gives [`Service::describe`] only the item, and a dead letter
+/// keeps the cluster's status and error, so the document remembers them.
+#[derive(Debug)]
+pub struct Doc {
+    pub bulk: BulkItem,
+    told: Mutex<Option<(ItemResult, DateTime<Utc>)>>,
+}
+
+impl Doc {
+    pub fn new(bulk: BulkItem) -> Doc {
+        Doc {
+            bulk,
+            told: Mutex::new(None),
+        }
+    }
+
+    fn tell(&self, result: ItemResult, at: DateTime<Utc>) {
+        *self.told.lock().unwrap_or_else(|p| p.into_inner()) = Some((result, at));
+    }
+
+    /// The cluster's last word on this document and when; fixed on first read when it never
+    /// answered, so the dead-letter file and the dead-letter index get the same line.
+    pub fn told(&self) -> (ItemResult, DateTime<Utc>) {
+        self.told
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| {
+                (
+                    ItemResult {
+                        status: 0,
+                        error: None,
+                    },
+                    Utc::now(),
+                )
+            })
+            .clone()
+    }
+}
+
+impl Borrow<BulkItem> for Doc {
+    fn borrow(&self) -> &BulkItem {
+        &self.bulk
+    }
 }
 
 impl EsService {
@@ -60,17 +116,19 @@ impl EsService {
             client: Elasticsearch::new(transport.build()?),
             base: with_trailing_slash(base),
             sigv4,
+            max_bytes: config.bulk.max_bytes.as_u64() as usize,
+            max_actions: config.bulk.max_actions,
         })
     }
 
     /// One request; `Err` only when it did not get an answer.
-    async fn call(
+    async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<Bytes>,
         content_type: &'static str,
-    ) -> Result<(StatusCode, Bytes), elasticsearch::Error> {
+    ) -> Result<(StatusCode, HeaderMap, Bytes), elasticsearch::Error> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if let Some(signer) = &self.sigv4 {
@@ -93,14 +151,15 @@ impl EsService {
             .send(method, path, headers, None::<&()>, body, None)
             .await?;
         let status = response.status_code();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await?;
-        Ok((status, bytes))
+        Ok((status, headers, bytes))
     }
 
     /// The template installed under `name`, if any.
     pub async fn template(&self, name: &str) -> anyhow::Result<Option<Value>> {
-        let (status, body) = self
-            .call(
+        let (status, _, body) = self
+            .request(
                 Method::Get,
                 &format!("/_index_template/{name}"),
                 None,
@@ -121,8 +180,8 @@ impl EsService {
     }
 
     pub async fn put_template(&self, name: &str, template: &Value) -> anyhow::Result<()> {
-        let (status, body) = self
-            .call(
+        let (status, _, body) = self
+            .request(
                 Method::Put,
                 &format!("/_index_template/{name}"),
                 Some(serde_json::to_vec(template)?.into()),
@@ -133,6 +192,23 @@ impl EsService {
             anyhow::bail!("PUT _index_template/{name}: {status} {}", excerpt(&body));
         }
         Ok(())
+    }
+
+    /// Adds `mappings` to the existing `index`; `false` when there is no such index.
+    pub async fn put_mapping(&self, index: &str, mappings: &Value) -> anyhow::Result<bool> {
+        let (status, _, body) = self
+            .request(
+                Method::Put,
+                &format!("/{index}/_mapping"),
+                Some(serde_json::to_vec(mappings)?.into()),
+                "application/json",
+            )
+            .await?;
+        match status.as_u16() {
+            404 => Ok(false),
+            _ if status.is_success() => Ok(true),
+            _ => anyhow::bail!("PUT {index}/_mapping: {status} {}", excerpt(&body)),
+        }
     }
 }
 
@@ -145,66 +221,55 @@ fn with_trailing_slash(mut url: Url) -> Url {
     url
 }
 
-#[derive(Deserialize)]
-struct BulkResponse {
-    items: Vec<BTreeMap<String, ItemResult>>,
+/// Reads the `reply` to a `_bulk` of `docs` (`bytes` long) for the engine; each document
+/// remembers what it was told.
+pub fn answer(docs: &[Doc], reply: Reply, bytes: usize) -> Answer {
+    let now = Utc::now();
+    let reading = classify::read(reply, docs.len(), bytes, now);
+    for (doc, told) in docs.iter().zip(reading.told) {
+        doc.tell(told, now);
+    }
+    reading.answer
 }
 
 #[async_trait]
-impl BulkSender for EsService {
-    async fn send_bulk(&self, body: Bytes, count: usize) -> Result<Vec<ItemResult>, SendError> {
-        let bytes = body.len() as u64;
-        let answer = self
-            .call(Method::Post, "/_bulk", Some(body), "application/x-ndjson")
-            .await;
-        let outcome = match &answer {
-            Ok((status, _)) if status.is_success() => "ok",
-            Ok((status, _)) if status.as_u16() == 413 => "too_large",
-            Ok((status, _)) if retryable_status(*status) => "retryable",
-            Ok(_) => "failed",
-            Err(_) => "unreachable",
-        };
-        metrics::counter!("tidewater_elasticsearch_bulk_requests_total", "outcome" => outcome)
-            .increment(1);
-        metrics::counter!("tidewater_elasticsearch_bulk_bytes_total").increment(bytes);
-        let (status, response) = answer.map_err(|e| SendError::Retryable(e.to_string()))?;
-        match status.as_u16() {
-            200..=299 => {
-                let parsed: BulkResponse = serde_json::from_slice(&response).map_err(|e| {
-                    SendError::Fatal(format!(
-                        "unreadable _bulk response: {e}: {}",
-                        excerpt(&response)
-                    ))
-                })?;
-                let results: Vec<ItemResult> = parsed
-                    .items
-                    .into_iter()
-                    .filter_map(|op| op.into_values().next())
-                    .collect();
-                if results.len() != count {
-                    return Err(SendError::Fatal(format!(
-                        "_bulk answered {} items for {count}",
-                        results.len()
-                    )));
-                }
-                Ok(results)
-            }
-            413 => Err(SendError::TooLarge),
-            _ if retryable_status(status) => Err(SendError::Retryable(format!(
-                "{status} {}",
-                excerpt(&response)
-            ))),
-            _ => Err(SendError::Fatal(format!("{status} {}", excerpt(&response)))),
-        }
+impl Service for EsService {
+    type Item = Doc;
+
+    fn name(&self) -> &'static str {
+        NAME
     }
-}
 
-fn retryable_status(status: StatusCode) -> bool {
-    status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error()
-}
+    fn calls(&self, docs: Vec<Doc>) -> Vec<Vec<Doc>> {
+        request::chunks(docs.into_iter(), self.max_bytes, self.max_actions).collect()
+    }
 
-/// The start of an error body, for messages.
-fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
-    text.trim().to_string()
+    async fn call(&self, docs: &[Doc]) -> Answer {
+        let body = request::body(docs.iter().map(|d| &d.bulk));
+        let bytes = body.len();
+        metrics::counter!("tidewater_elasticsearch_bulk_bytes_total").increment(bytes as u64);
+        let response = self
+            .request(Method::Post, "/_bulk", Some(body), "application/x-ndjson")
+            .await;
+        let error;
+        let reply = match &response {
+            Ok((status, headers, body)) => Reply::Answered {
+                status: status.as_u16(),
+                retry_after: headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()),
+                body,
+            },
+            Err(e) => {
+                error = e.to_string();
+                Reply::Unreachable {
+                    timeout: e.is_timeout(),
+                    error: &error,
+                }
+            }
+        };
+        answer(docs, reply, bytes)
+    }
+
+    fn describe(&self, doc: &Doc) -> Value {
+        super::dead_letter::record(doc)
+    }
 }

@@ -167,12 +167,17 @@ pub fn logs_template(config: &ElasticsearchSinkConfig) -> Template {
 
 /// One plain index (never a data stream: dead letters are few, and kept until someone looks).
 /// Strict, so a dead letter can never itself fail on mapping: the rejected document is stored
-/// whole in `document`, not indexed.
+/// whole in `document`, not indexed. The fields are those of the dead-letter file's lines
+/// (`dead_letter.rs`): the engine's `time`, `sink`, `code`, `reason`, then the sink's own.
 pub fn dead_letter_template(config: &ElasticsearchSinkConfig) -> Template {
     let mappings = json!({
         "dynamic": "strict",
         "properties": {
+            "time": {"type": "date"},
             "@timestamp": {"type": "date"},
+            "sink": {"type": "keyword"},
+            "code": {"type": "keyword"},
+            "reason": {"type": "text"},
             "index": {"type": "keyword"},
             "document_id": {"type": "keyword"},
             "status": {"type": "integer"},

@@ -1,16 +1,19 @@
+//! `[sinks.emf]`: the translation's settings (compiled into [`Settings`]), the state file's
+//! place, and the CloudWatch Logs writer's.
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::DeliveryConfig;
 use crate::emf::declarations::{Declaration, Declarations, Rollup};
 use crate::emf::span_metrics::SpanMetricsConfig;
 use crate::emf::Settings;
 use crate::sinks::cloudwatch_logs::batch::Limits;
-use crate::sinks::cloudwatch_logs::config::validate_writer;
+use crate::sinks::cloudwatch_logs::config::{limits, validate_writer};
 use crate::sinks::cloudwatch_logs::template::{NameKind, Template};
-use crate::sinks::cloudwatch_logs::writer::WriterConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,13 +51,10 @@ pub struct EmfConfig {
     pub state_dir: PathBuf,
     pub retention_days: u32,
     pub max_event_size: ByteSize,
-    pub concurrency: usize,
-    pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub retry_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
-    pub dead_letter_dir: PathBuf,
+    /// `PutLogEvents` calls in flight, retries and dead letters, as for every sink: documents
+    /// CloudWatch refuses go to `<dead_letter_dir>/emf.ndjson`. A tick sends for at most
+    /// `retry_max` (at least a second); what is left waits in the state file for the next.
+    pub delivery: DeliveryConfig,
     pub span_metrics: SpanMetricsConfig,
     pub declarations: Vec<Declaration>,
 }
@@ -78,11 +78,7 @@ impl Default for EmfConfig {
             state_dir: PathBuf::from("tidewater-data/emf"),
             retention_days: 0,
             max_event_size: ByteSize::kib(256),
-            concurrency: 4,
-            max_attempts: 8,
-            retry_initial: Duration::from_millis(200),
-            retry_max: Duration::from_secs(20),
-            dead_letter_dir: PathBuf::from("tidewater-data/dead-letter"),
+            delivery: DeliveryConfig::default(),
             span_metrics: SpanMetricsConfig::default(),
             declarations: Vec::new(),
         }
@@ -114,12 +110,8 @@ impl EmfConfig {
         }
         let log_stream = Template::parse(&self.log_stream, NameKind::LogStream)
             .map_err(|e| format!("sinks.emf.log_stream: {e}"))?;
-        validate_writer(
-            "sinks.emf",
-            self.retention_days,
-            self.max_event_size,
-            self.concurrency,
-        )?;
+        validate_writer("sinks.emf", self.retention_days, self.max_event_size)?;
+        self.delivery.validate("sinks.emf.delivery")?;
         let sm = &self.span_metrics;
         if !(1..=15).contains(&sm.latency_digits) {
             return Err("sinks.emf.span_metrics.latency_digits: must be 1 to 15".into());
@@ -147,20 +139,8 @@ impl EmfConfig {
             .unwrap_or_else(|_| self.log_group.clone())
     }
 
-    pub fn writer(&self) -> WriterConfig {
-        WriterConfig {
-            sink: "emf",
-            retention_days: self.retention_days,
-            limits: Limits {
-                max_event_bytes: self.max_event_size.as_u64() as usize,
-                ..Limits::default()
-            },
-            split_oversized: false,
-            concurrency: self.concurrency,
-            max_attempts: self.max_attempts,
-            retry_initial: self.retry_initial,
-            retry_max: self.retry_max,
-            dead_letter_dir: self.dead_letter_dir.clone(),
-        }
+    /// The request limits, with the configured document size.
+    pub fn limits(&self) -> Limits {
+        limits(self.max_event_size)
     }
 }

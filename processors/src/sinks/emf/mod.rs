@@ -8,9 +8,13 @@
 //! lives in memory for up to `window + grace`. So `deliver` returns `Ok` only once the round
 //! is folded into the windows **and** the state file (`state_dir/emf-state.json`: open
 //! windows, cumulative baselines, rendered-but-unsent documents, recent bus record ids) is
-//! written and fsynced. The runtime's `tick` then sends windows as they close: documents are
-//! rendered into the persisted pending list first, sent per log stream, and removed (and the
-//! file rewritten) once their stream accepted them.
+//! written and fsynced; a write that fails (a full disk) is retried with backoff until it
+//! succeeds or the processor stops. The runtime's `tick` then sends windows as they close:
+//! documents are rendered into the persisted pending list first, sent through the delivery
+//! engine ([`service`]), and removed (and the file rewritten) once CloudWatch stored them or
+//! the engine dead-lettered them (`<delivery.dead_letter_dir>/emf.ndjson`). A tick sends for
+//! at most `delivery.retry_max` (at least a second): while CloudWatch is down the documents
+//! wait in the state file, and the processor goes on folding rounds between ticks.
 //!
 //! Restart behaviour:
 //! - open windows and unsent documents come back from the state file and are sent then;
@@ -22,7 +26,8 @@
 //!   deliver that round again: the remembered record ids (`dedup_records`) skip it, and a
 //!   cumulative point is in any case not newer than its baseline, so nothing is counted twice;
 //! - a crash between a successful `PutLogEvents` and the rewrite of the state file sends
-//!   those documents again (at least once, like the bus).
+//!   those documents again (at least once, like the bus), as does a tick whose time ran out
+//!   while CloudWatch was storing a call (the engine stops without its answer).
 //!
 //! A state file that cannot be read is moved aside (`.corrupt`) and the sink starts empty: the
 //! open windows in it are lost, and with `keep_first_value` the next points are sent whole.
@@ -31,11 +36,12 @@
 //! `max_series` and the open windows' groups.
 
 pub mod config;
+pub mod service;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -45,12 +51,15 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::{Batch, SignalData};
+use crate::delivery::{Backoff, Engine, Report, Stopped};
 use crate::emf::document::{documents, DocLimits};
 use crate::emf::{Settings, State, Stats};
 use crate::sink::Sink;
+use crate::sinks::cloudwatch_logs::api::{CloudWatchLogs, LogsApi};
 use crate::sinks::cloudwatch_logs::batch::{LogEvent, EVENT_OVERHEAD};
-use crate::sinks::cloudwatch_logs::writer::LogsWriter;
+use crate::sinks::cloudwatch_logs::writer::LogItem;
 pub use config::EmfConfig;
+use service::{Doc, EmfService};
 
 const STATE_FILE: &str = "emf-state.json";
 const STATE_VERSION: u32 = 1;
@@ -117,7 +126,12 @@ pub struct EmfSink {
     settings: Settings,
     log_group: String,
     state_path: PathBuf,
-    writer: LogsWriter,
+    engine: Engine<EmfService>,
+    /// How long one tick may send.
+    budget: Duration,
+    /// Held by the tick that is sending: the documents it took stay the first of the pending
+    /// list (only a tick adds to it) until it removes those that are done.
+    sending: Mutex<()>,
     inner: Mutex<Persisted>,
 }
 
@@ -135,6 +149,11 @@ fn record_key(id: &[u8]) -> Option<u64> {
 
 impl EmfSink {
     pub fn new(config: &EmfConfig) -> anyhow::Result<Self> {
+        Self::with_api(config, Arc::new(CloudWatchLogs::default()))
+    }
+
+    /// With another implementation of the CloudWatch calls (unit tests).
+    pub fn with_api(config: &EmfConfig, api: Arc<dyn LogsApi>) -> anyhow::Result<Self> {
         let settings = config.settings().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("create EMF state dir {}", config.state_dir.display()))?;
@@ -146,11 +165,14 @@ impl EmfSink {
             pending = persisted.pending.len(),
             "EMF state loaded"
         );
+        let service = EmfService::new(api, config.retention_days, config.limits());
         Ok(EmfSink {
             settings,
             log_group: config.log_group_name(),
             state_path,
-            writer: LogsWriter::new(config.writer()),
+            engine: Engine::new(service, config.delivery.clone()),
+            budget: config.delivery.retry_max.max(Duration::from_secs(1)),
+            sending: Mutex::new(()),
             config: config.clone(),
             inner: Mutex::new(persisted),
         })
@@ -160,6 +182,68 @@ impl EmfSink {
         let text = serde_json::to_vec(p)?;
         let path = self.state_path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&path, &text)).await?
+    }
+
+    /// Writes the state, retrying a failure with backoff: a round is acknowledged only once
+    /// it is durable, and giving up would only make the processor deliver it again. `Err`
+    /// only when stopped first.
+    async fn persist_until_written(
+        &self,
+        p: &Persisted,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let cfg = self.engine.config();
+        let mut backoff = Backoff::new(cfg.retry_initial, cfg.retry_max);
+        loop {
+            match self.persist(p).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    metrics::counter!("tidewater_emf_state_write_failures_total").increment(1);
+                    tracing::error!(path = %self.state_path.display(), error = %e, "cannot write the EMF state; retrying");
+                    if !backoff.wait(stop).await {
+                        return Err(e.context("stopped before the EMF state was written"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pending documents as the engine's items, `index` being their place in `pending`.
+    fn docs(&self, pending: Vec<Pending>) -> Vec<Doc> {
+        let mut destinations: HashMap<String, Arc<(String, String)>> = HashMap::new();
+        pending
+            .into_iter()
+            .enumerate()
+            .map(|(index, d)| {
+                let destination = destinations
+                    .entry(d.log_stream.clone())
+                    .or_insert_with(|| Arc::new((self.log_group.clone(), d.log_stream)))
+                    .clone();
+                let event = LogEvent {
+                    timestamp_ms: d.timestamp_ms,
+                    message: d.document,
+                };
+                Doc {
+                    index,
+                    log: LogItem { destination, event },
+                }
+            })
+            .collect()
+    }
+
+    /// Sends `docs` through the engine for at most the tick's budget.
+    async fn send(&self, docs: Vec<Doc>) -> Result<Report<Doc>, Stopped> {
+        let stop = CancellationToken::new();
+        let deliver = self.engine.deliver(docs, &stop);
+        tokio::pin!(deliver);
+        tokio::select! {
+            report = &mut deliver => report,
+            _ = tokio::time::sleep(self.budget) => {
+                // The engine stops at its next wait; dead letters it is writing are finished.
+                stop.cancel();
+                deliver.await
+            }
+        }
     }
 
     /// Renders the due windows into the pending documents. `true` if any were.
@@ -265,7 +349,7 @@ impl Sink for EmfSink {
     async fn deliver(
         &self,
         batches: &[Arc<Batch>],
-        _stop: &CancellationToken,
+        stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut p = self.inner.lock().await;
         let now = now_ms();
@@ -299,56 +383,57 @@ impl Sink for EmfSink {
         metrics::gauge!("tidewater_emf_series").set(p.state.delta.len() as f64);
         metrics::gauge!("tidewater_emf_open_groups").set(p.state.windows.len() as f64);
         // The acknowledgement: the round is durable here, so the checkpoint may pass it.
-        self.persist(&p).await
+        self.persist_until_written(&p, stop).await
     }
 
     async fn tick(&self, stopping: bool) -> anyhow::Result<()> {
-        let mut p = self.inner.lock().await;
-        let now = now_ms();
-        let mut changed = self.render_due(&mut p, now, stopping);
-        let ttl_ms = self.config.series_ttl.as_millis() as i64;
-        let before_nanos = (now - ttl_ms).max(0) as u64 * 1_000_000;
-        let evicted = p.state.delta.evict_older_than(before_nanos);
-        if evicted > 0 {
-            metrics::counter!("tidewater_emf_evicted_series_total", "reason" => "ttl")
-                .increment(evicted as u64);
-            changed = true;
-        }
-        if changed {
-            self.persist(&p).await?;
-        }
-        metrics::gauge!("tidewater_emf_pending_documents").set(p.pending.len() as f64);
-        if p.pending.is_empty() {
+        let _sending = self.sending.lock().await;
+        let pending = {
+            let mut p = self.inner.lock().await;
+            let now = now_ms();
+            let mut changed = self.render_due(&mut p, now, stopping);
+            let ttl_ms = self.config.series_ttl.as_millis() as i64;
+            let before_nanos = (now - ttl_ms).max(0) as u64 * 1_000_000;
+            let evicted = p.state.delta.evict_older_than(before_nanos);
+            if evicted > 0 {
+                metrics::counter!("tidewater_emf_evicted_series_total", "reason" => "ttl")
+                    .increment(evicted as u64);
+                changed = true;
+            }
+            if changed {
+                // Rendered documents are sent only once they are in the state file.
+                self.persist(&p).await?;
+            }
+            metrics::gauge!("tidewater_emf_pending_documents").set(p.pending.len() as f64);
+            p.pending.clone()
+        };
+        if pending.is_empty() {
             return Ok(());
         }
-        let mut by_stream: BTreeMap<(String, String), Vec<LogEvent>> = BTreeMap::new();
-        for d in &p.pending {
-            by_stream
-                .entry((self.log_group.clone(), d.log_stream.clone()))
-                .or_default()
-                .push(LogEvent {
-                    timestamp_ms: d.timestamp_ms,
-                    message: d.document.clone(),
-                });
-        }
-        let results = self.writer.put_each(by_stream).await;
-        let sent: HashSet<String> = results
-            .iter()
-            .filter(|(_, r)| r.is_ok())
-            .map(|((_, stream), _)| stream.clone())
-            .collect();
+        // Sent without holding the state, so rounds are folded meanwhile.
+        let taken = pending.len();
+        let result = self.send(self.docs(pending)).await;
+        let stored = self.engine.service().take_stored();
+        let done = |i: usize| result.is_ok() || stored.contains(&i);
+        let mut p = self.inner.lock().await;
         let before = p.pending.len();
-        p.pending.retain(|d| !sent.contains(&d.log_stream));
+        let mut index = 0;
+        p.pending.retain(|_| {
+            let keep = index >= taken || !done(index);
+            index += 1;
+            keep
+        });
         metrics::counter!("tidewater_emf_documents_total")
             .increment((before - p.pending.len()) as u64);
-        if p.pending.is_empty() {
-            self.writer.forget_sent();
-        }
-        self.persist(&p).await?;
         metrics::gauge!("tidewater_emf_pending_documents").set(p.pending.len() as f64);
-        match results.into_iter().find_map(|(_, r)| r.err()) {
-            Some(e) => Err(e),
-            None => Ok(()),
+        self.persist(&p).await?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(Stopped) => Err(anyhow::anyhow!(
+                "{} EMF documents not sent within {:?}; they wait in the state file for the next tick",
+                p.pending.len(),
+                self.budget
+            )),
         }
     }
 }
@@ -356,6 +441,7 @@ impl Sink for EmfSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::cloudwatch_logs::tests::{error, ScriptedLogs};
 
     #[test]
     fn recent_ids_are_bounded_and_survive_a_round_trip() {
@@ -463,6 +549,112 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(jobs(&sink).await, vec![9.0]);
+    }
+
+    fn sink_over(dir: &Path, api: Arc<ScriptedLogs>) -> EmfSink {
+        let config = EmfConfig {
+            enabled: true,
+            state_dir: dir.to_path_buf(),
+            max_event_size: bytesize::ByteSize::kib(1),
+            delivery: crate::delivery::harness::config(dir),
+            ..Default::default()
+        };
+        EmfSink::with_api(&config, api).unwrap()
+    }
+
+    async fn add_pending(sink: &EmfSink, docs: &[(&str, &str)]) {
+        let mut p = sink.inner.lock().await;
+        for (stream, document) in docs {
+            p.pending.push(Pending {
+                log_stream: stream.to_string(),
+                timestamp_ms: 1_700_000_000_000,
+                document: document.to_string(),
+            });
+        }
+    }
+
+    fn pending_on_disk(dir: &Path) -> Vec<Pending> {
+        load(&dir.join(STATE_FILE)).unwrap().pending
+    }
+
+    #[tokio::test]
+    async fn a_tick_removes_documents_once_stored_or_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = Arc::new(ScriptedLogs::default());
+        let sink = sink_over(dir.path(), api.clone());
+        let huge = format!("{{\"x\":\"{}\"}}", "y".repeat(2000));
+        add_pending(
+            &sink,
+            &[("a", "{\"n\":1}"), ("b", &huge), ("b", "{\"n\":2}")],
+        )
+        .await;
+        sink.tick(false).await.unwrap();
+        assert_eq!(api.puts_made(), [vec![r#"{"n":1}"#], vec![r#"{"n":2}"#]]);
+        assert!(sink.inner.lock().await.pending.is_empty());
+        assert!(pending_on_disk(dir.path()).is_empty());
+        // The document no call can carry is kept where an operator can look.
+        let dead = std::fs::read_to_string(dir.path().join("emf.ndjson")).unwrap();
+        let dead: serde_json::Value = serde_json::from_str(dead.trim()).unwrap();
+        assert_eq!(dead["code"], "too_large");
+        assert_eq!(dead["log_group"], "/tidewater/metrics");
+        assert_eq!(dead["log_stream"], "b");
+        assert_eq!(dead["message"], huge.as_str());
+    }
+
+    #[tokio::test]
+    async fn a_tick_cut_short_keeps_only_what_was_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = Arc::new(ScriptedLogs::new(vec![Ok(Default::default())]));
+        *api.then.lock().unwrap() = Err(error("AccessDeniedException"));
+        let sink = sink_over(dir.path(), api.clone());
+        add_pending(&sink, &[("a", "{\"n\":1}"), ("b", "{\"n\":2}")]).await;
+        // Stream b keeps failing until the tick's budget is spent: a stays sent, b waits.
+        let e = sink.tick(false).await.unwrap_err().to_string();
+        assert!(e.contains("1 EMF documents not sent"), "{e}");
+        let waiting: Vec<String> = pending_on_disk(dir.path())
+            .into_iter()
+            .map(|p| p.log_stream)
+            .collect();
+        assert_eq!(waiting, ["b"]);
+        *api.then.lock().unwrap() = Ok(Default::default());
+        sink.tick(false).await.unwrap();
+        assert!(pending_on_disk(dir.path()).is_empty());
+        let puts = api.puts_made();
+        assert_eq!(puts.iter().filter(|p| p[0] == r#"{"n":1}"#).count(), 1);
+        assert!(puts.iter().filter(|p| p[0] == r#"{"n":2}"#).count() >= 2);
+        assert!(!dir.path().join("emf.ndjson").exists());
+    }
+
+    #[tokio::test]
+    async fn a_state_write_that_fails_is_retried_until_it_succeeds_or_the_processor_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink_over(dir.path(), Arc::new(ScriptedLogs::default()));
+        // A directory where the temporary file goes makes every write fail.
+        let tmp = dir.path().join("emf-state.json.tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            stopper.cancel();
+        });
+        assert!(sink.deliver(&[batch(1, 5)], &stop).await.is_err());
+        let unblock = tmp.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            std::fs::remove_dir(unblock).unwrap();
+        });
+        sink.deliver(&[batch(2, 3)], &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            load(&dir.path().join(STATE_FILE))
+                .unwrap()
+                .recent
+                .order
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! `[sinks.xray]`: what users of the OpenTelemetry Collector's `awsxray` exporter expect
-//! (`index_all_attributes`, `indexed_attributes`), plus our own explicit bounds.
+//! (`index_all_attributes`, `indexed_attributes`), plus our own explicit bounds; retries,
+//! concurrency and dead letters are the delivery engine's table, `[sinks.xray.delivery]`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::DeliveryConfig;
 use crate::xray::{AnnotationMode, XrayConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,22 +21,11 @@ pub struct XraySinkConfig {
     /// `otel.resource.<key>` selects a resource attribute. Empty: no annotations besides
     /// `otel_trace_id` on remapped traces.
     pub indexed_attributes: Vec<String>,
-    /// Documents X-Ray rejects for good are appended here (one JSON line each, with the
-    /// error code and message), then counted and skipped.
-    pub dead_letter_path: PathBuf,
-    /// Most `PutTraceSegments` calls in flight at once.
-    pub concurrency: usize,
     /// Largest `PutTraceSegments` request body (besides X-Ray's 50 documents per call).
     pub max_request_size: ByteSize,
-    /// Attempts per document (or per call) for transient failures: throttling, internal
-    /// errors, network. Past them a document is dead-lettered; a failing call makes the
-    /// processor retry the round.
-    pub max_attempts: u32,
-    /// Backoff between attempts: doubles from `retry_initial` up to `retry_max`, with jitter.
-    #[serde(with = "humantime_serde")]
-    pub retry_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
+    /// Calls in flight, the attempt budget of documents X-Ray leaves unprocessed for a
+    /// passing reason, backoff, and where refused documents go (`<dead_letter_dir>/xray.ndjson`).
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for XraySinkConfig {
@@ -44,12 +34,14 @@ impl Default for XraySinkConfig {
             enabled: false,
             index_all_attributes: false,
             indexed_attributes: Vec::new(),
-            dead_letter_path: PathBuf::from("tidewater-data/dead-letter/xray.ndjson"),
-            concurrency: 4,
             max_request_size: ByteSize::mib(4),
-            max_attempts: 8,
-            retry_initial: Duration::from_millis(100),
-            retry_max: Duration::from_secs(5),
+            // The sink's backoff from before the engine, kept so an upgrade does not change
+            // how it paces retries against X-Ray's per-second limits.
+            delivery: DeliveryConfig {
+                retry_initial: Duration::from_millis(100),
+                retry_max: Duration::from_secs(5),
+                ..DeliveryConfig::default()
+            },
         }
     }
 }
@@ -67,17 +59,15 @@ impl XraySinkConfig {
         XrayConfig { annotations }
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    /// Checks what serde cannot, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
         let min = super::request::MIN_REQUEST_BYTES;
         if self.max_request_size.as_u64() < min as u64 {
-            anyhow::bail!(
+            return Err(format!(
                 "sinks.xray.max_request_size must be at least {min} bytes, so a 64 KiB document fits"
-            );
+            ));
         }
-        if self.concurrency == 0 || self.max_attempts == 0 {
-            anyhow::bail!("sinks.xray.concurrency and sinks.xray.max_attempts must be at least 1");
-        }
-        Ok(())
+        self.delivery.validate("sinks.xray.delivery")
     }
 }
 
@@ -96,5 +86,20 @@ mod tests {
         );
         c.index_all_attributes = true;
         assert_eq!(c.translation().annotations, AnnotationMode::All);
+    }
+
+    #[test]
+    fn dead_letters_stay_where_they_were_and_bad_delivery_settings_name_their_key() {
+        let mut c = XraySinkConfig::default();
+        assert_eq!(
+            c.delivery.dead_letter_path("xray"),
+            std::path::Path::new("tidewater-data/dead-letter/xray.ndjson")
+        );
+        assert!(c.validate().is_ok());
+        c.delivery.max_attempts = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("sinks.xray.delivery.max_attempts"));
     }
 }

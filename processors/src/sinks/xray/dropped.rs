@@ -1,6 +1,7 @@
 //! Spans the translator cannot place in X-Ray (it drops them and counts them in
 //! `dropped_spans`), found again so they are dead-lettered with the reason instead of lost
-//! silently. Runs only when the translator reported drops.
+//! silently: each becomes a [`Doc`] marked unplaceable, which the engine's precheck refuses
+//! and its one writer dead-letters. Runs only when the translator reported drops.
 
 use std::time::SystemTime;
 
@@ -8,13 +9,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 
 use super::request::Doc;
-use super::retry::Rejection;
 use crate::xray::xray_trace_id;
 
 pub const CODE: &str = "Tidewater.UnplaceableSpan";
 
-/// Each span of `request` that has no X-Ray form, as a one-span OTLP/JSON request.
-pub fn unplaceable(request: &ExportTraceServiceRequest, now: SystemTime) -> Vec<Rejection> {
+/// Each span of `request` that has no X-Ray form, as a one-span OTLP/JSON request with the
+/// span's ids and the reason.
+pub fn unplaceable(request: &ExportTraceServiceRequest, now: SystemTime) -> Vec<Doc> {
     let mut out = Vec::new();
     for rs in &request.resource_spans {
         for ss in &rs.scope_spans {
@@ -50,11 +51,8 @@ pub fn unplaceable(request: &ExportTraceServiceRequest, now: SystemTime) -> Vec<
                 let mut doc = Doc::new(body);
                 doc.id = Some(hex(&span.span_id));
                 doc.trace_id = Some(hex(&span.trace_id));
-                out.push(Rejection {
-                    doc,
-                    code: CODE.into(),
-                    message: reason.into(),
-                });
+                doc.unplaceable = Some(reason);
+                out.push(doc);
             }
         }
     }

@@ -1,47 +1,41 @@
-//! Traces to AWS X-Ray with `PutTraceSegments`.
+//! Traces to AWS X-Ray with `PutTraceSegments`, on the delivery engine.
 //!
 //! OTLP spans are translated by the pure [`crate::xray`] translator; segment documents
 //! that X-Ray SDK apps sent to the collector's daemon-compatible UDP port travel the bus
-//! as-is. Both are checked against X-Ray's limits ([`request::precheck`]), cut into calls
-//! of at most 50 documents and `max_request_size` ([`request::chunk`]), and sent
-//! `concurrency` calls at a time. Within a call only what X-Ray reports in
-//! `UnprocessedTraceSegments` is sent again, with backoff and jitter ([`retry`]);
-//! documents refused for good go to the dead-letter file with X-Ray's code and message
-//! ([`dead_letter`]), as do spans the translator found no X-Ray form for ([`dropped`]).
-//! A call that keeps failing as a whole fails the delivery, so the processor retries the
-//! round and never checkpoints past it.
+//! as-is. The sink supplies the rest of its [`service::XrayService`]: X-Ray's limits
+//! ([`request::precheck`], [`request::chunk`]: 64 KiB per document, 50 documents and
+//! `max_request_size` per call), the call, and what X-Ray's answer means ([`answer`]: each
+//! document X-Ray names in `UnprocessedTraceSegments` is sent again or refused by its code).
+//! The engine owns retries, concurrency, the dead-letter file and the `tidewater_sink_*`
+//! metrics; spans the translator found no X-Ray form for ([`dropped`]) are refused by the
+//! precheck, so they reach the same dead-letter file. Only the translation's counters are
+//! the sink's own (`tidewater_xray_*`).
 
+pub mod answer;
 mod config;
-mod dead_letter;
 mod dropped;
 pub mod request;
-pub mod retry;
 pub mod service;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt};
 use tidewater_proto::Signal;
 use tokio_util::sync::CancellationToken;
 
 pub use config::XraySinkConfig;
 
 use crate::decode::{Batch, SignalData};
+use crate::delivery::Engine;
 use crate::sink::Sink;
 use crate::xray::{translate, AnnotationMode, TranslationStats, XrayConfig};
-use dead_letter::DeadLetter;
-use request::{chunk, precheck, Doc};
-use retry::{send, Rejection, RetryPolicy};
-use service::{SegmentApi, Xray};
+use request::Doc;
+use service::{SegmentApi, Xray, XrayService};
 
 pub struct XraySink {
-    config: XraySinkConfig,
     translation: XrayConfig,
-    api: Arc<dyn SegmentApi>,
-    dead_letter: DeadLetter,
-    policy: RetryPolicy,
+    engine: Engine<XrayService>,
 }
 
 impl XraySink {
@@ -51,17 +45,11 @@ impl XraySink {
 
     /// With another implementation of the X-Ray call (unit tests).
     pub fn with_api(config: XraySinkConfig, api: Arc<dyn SegmentApi>) -> anyhow::Result<Self> {
-        config.validate()?;
+        config.validate().map_err(anyhow::Error::msg)?;
+        let service = XrayService::new(api, config.max_request_size.as_u64() as usize);
         Ok(XraySink {
             translation: config.translation(),
-            dead_letter: DeadLetter::new(config.dead_letter_path.clone()),
-            policy: RetryPolicy {
-                max_attempts: config.max_attempts,
-                initial: config.retry_initial,
-                max: config.retry_max,
-            },
-            api,
-            config,
+            engine: Engine::new(service, config.delivery),
         })
     }
 
@@ -73,35 +61,33 @@ impl XraySink {
         };
         format!(
             "sink xray: PutTraceSegments, annotations: {annotations}; dead letters in {}",
-            self.dead_letter.path().display()
+            self.engine.dead_letter_path().display()
         )
     }
 }
 
 /// What a round becomes.
 pub struct Documents {
-    /// Translated spans, and SDK documents as they came.
+    /// Translated spans, SDK documents as they came, and spans with no X-Ray form (marked
+    /// [`Doc::unplaceable`], for the dead-letter file).
     pub docs: Vec<Doc>,
     pub stats: TranslationStats,
     pub from_sdk: usize,
-    /// Spans with no X-Ray form, for the dead-letter file.
-    pub unplaceable: Vec<Rejection>,
 }
 
 pub fn documents(batches: &[Arc<Batch>], config: &XrayConfig, now: SystemTime) -> Documents {
     let mut docs = Vec::new();
     let mut stats = TranslationStats::default();
     let mut from_sdk = 0;
-    let mut unplaceable = Vec::new();
     for batch in batches {
         match &batch.data {
             SignalData::Traces(request) => {
                 let t = translate(request, config, now);
-                if t.stats.dropped_spans > 0 {
-                    unplaceable.extend(dropped::unplaceable(request, now));
-                }
                 add_stats(&mut stats, &t.stats);
                 docs.extend(t.documents.into_iter().map(Doc::new));
+                if t.stats.dropped_spans > 0 {
+                    docs.extend(dropped::unplaceable(request, now));
+                }
             }
             SignalData::XraySegments(bodies) => {
                 from_sdk += bodies.len();
@@ -114,7 +100,6 @@ pub fn documents(batches: &[Arc<Batch>], config: &XrayConfig, now: SystemTime) -
         docs,
         stats,
         from_sdk,
-        unplaceable,
     }
 }
 
@@ -166,7 +151,7 @@ impl Sink for XraySink {
     async fn deliver(
         &self,
         batches: &[Arc<Batch>],
-        _stop: &CancellationToken,
+        stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         let now = SystemTime::now();
         let owned = batches.to_vec();
@@ -176,36 +161,11 @@ impl Sink for XraySink {
             docs,
             stats,
             from_sdk,
-            unplaceable,
         } = tokio::task::spawn_blocking(move || documents(&owned, &cfg, now)).await?;
-
-        let mut rejected = unplaceable;
-        let mut sendable = Vec::with_capacity(docs.len());
-        for doc in docs {
-            match precheck(&doc) {
-                Some(reason) => rejected.push(Rejection {
-                    doc,
-                    code: "Tidewater.InvalidDocument".into(),
-                    message: reason.into(),
-                }),
-                None => sendable.push(doc),
-            }
-        }
-        let calls = chunk(sendable, self.config.max_request_size.as_u64() as usize);
-        let outcomes: Vec<retry::Outcome> = futures::stream::iter(calls)
-            .map(|call| send(self.api.as_ref(), call, &self.policy))
-            .buffer_unordered(self.config.concurrency)
-            .try_collect()
-            .await?;
-        let mut accepted = 0;
-        for o in outcomes {
-            accepted += o.accepted;
-            rejected.extend(o.rejected);
-        }
-        self.dead_letter.write(rejected).await?;
-        // Counted only once the round is through, so a retried round does not count twice.
+        self.engine.deliver(docs, stop).await?;
+        // Counted only once the round is through, so a round stopped and delivered again
+        // after the restart does not count twice.
         record_stats(&stats, from_sdk);
-        metrics::counter!("tidewater_xray_sent_documents_total").increment(accepted as u64);
         Ok(())
     }
 }

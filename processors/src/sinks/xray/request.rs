@@ -1,7 +1,6 @@
-//! Pure request building for `PutTraceSegments`: documents into calls within X-Ray's
-//! limits, and what to do with each document X-Ray reports as unprocessed.
-
-use std::collections::{HashMap, HashSet};
+//! Pure request building for `PutTraceSegments`: what a document is on its way to X-Ray,
+//! which documents no call can carry, and how documents are cut into calls within X-Ray's
+//! limits. These are the sink's `precheck` and `calls` for the delivery engine.
 
 use serde::Deserialize;
 
@@ -23,6 +22,10 @@ pub struct Doc {
     pub body: String,
     /// Its size inside the JSON request: a JSON string, escaped, plus a comma.
     pub request_bytes: usize,
+    /// Set for a span the translator found no X-Ray form for (the body is then the span as
+    /// OTLP/JSON): the reason it is dead-lettered without a call, so it is kept rather than
+    /// lost and goes through the engine's one dead-letter writer like any refusal.
+    pub unplaceable: Option<&'static str>,
 }
 
 impl Doc {
@@ -39,19 +42,29 @@ impl Doc {
             trace_id,
             request_bytes: escaped_len(&body) + 1,
             body,
+            unplaceable: None,
         }
     }
 }
 
-/// Why a document is refused before it is sent, if it is.
-pub fn precheck(doc: &Doc) -> Option<&'static str> {
-    if doc.body.len() > MAX_DOCUMENT_BYTES {
-        Some("document larger than X-Ray's 64 KiB segment document limit")
+/// Code of documents refused before any call: X-Ray would refuse them as they are.
+pub const INVALID_DOCUMENT: &str = "Tidewater.InvalidDocument";
+
+/// The code and reason a document is dead-lettered without a call, if it is.
+pub fn precheck(doc: &Doc) -> Option<(String, String)> {
+    let (code, reason) = if let Some(reason) = doc.unplaceable {
+        (super::dropped::CODE, reason)
+    } else if doc.body.len() > MAX_DOCUMENT_BYTES {
+        (
+            INVALID_DOCUMENT,
+            "document larger than X-Ray's 64 KiB segment document limit",
+        )
     } else if doc.id.is_none() {
-        Some("not a JSON object with a string `id`")
+        (INVALID_DOCUMENT, "not a JSON object with a string `id`")
     } else {
-        None
-    }
+        return None;
+    };
+    Some((code.to_string(), reason.to_string()))
 }
 
 /// The length of `s` as a JSON string literal. serde_json offers no way to measure without
@@ -98,93 +111,6 @@ pub fn chunk(docs: Vec<Doc>, max_request_bytes: usize) -> Vec<Vec<Doc>> {
     calls
 }
 
-/// One entry of `UnprocessedTraceSegments`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unprocessed {
-    pub id: Option<String>,
-    pub code: String,
-    pub message: String,
-}
-
-/// Whether X-Ray may take the same document later. Throttling and X-Ray's own failures
-/// pass; every other code is about the document itself (`InvalidSegment` for a bad
-/// document or a trace over its size quota, `InvalidName`, `MissingId`,
-/// `JSONFormatError`, `MissingParam`, ...): the same bytes get the same answer, so those
-/// are permanent. Codes are matched loosely because X-Ray documents none of them.
-pub fn is_transient(code: &str) -> bool {
-    let code = code.to_ascii_lowercase();
-    [
-        "throttl",
-        "toomanyrequests",
-        "internal",
-        "unavailable",
-        "timeout",
-    ]
-    .iter()
-    .any(|t| code.contains(t))
-}
-
-/// What to do next with the documents of one call, given its `UnprocessedTraceSegments`.
-#[derive(Debug, Default, PartialEq)]
-pub struct Plan {
-    /// Stored by X-Ray.
-    pub accepted: usize,
-    /// Transiently refused: send again (only these).
-    pub retry: Vec<(Doc, Unprocessed)>,
-    /// Refused for good.
-    pub reject: Vec<(Doc, Unprocessed)>,
-    /// X-Ray refused something it could not name (no id, or an id not in the call,
-    /// as for a document it could not parse): these documents are sent again one per
-    /// call, so the next answer names its document unambiguously.
-    pub isolate: Vec<Doc>,
-}
-
-pub fn plan(docs: Vec<Doc>, unprocessed: Vec<Unprocessed>) -> Plan {
-    let mut plan = Plan::default();
-    if unprocessed.is_empty() {
-        plan.accepted = docs.len();
-        return plan;
-    }
-    let sent: HashSet<&str> = docs.iter().filter_map(|d| d.id.as_deref()).collect();
-    let mut by_id: HashMap<String, Unprocessed> = HashMap::new();
-    let mut unnamed = Vec::new();
-    for u in unprocessed {
-        match u.id.clone().filter(|id| sent.contains(id.as_str())) {
-            Some(id) => {
-                by_id.entry(id).or_insert(u);
-            }
-            None => unnamed.push(u),
-        }
-    }
-    let mut unknown = Vec::new();
-    for doc in docs {
-        match doc.id.as_ref().and_then(|id| by_id.get(id)) {
-            Some(u) if is_transient(&u.code) => plan.retry.push((doc, u.clone())),
-            Some(u) => plan.reject.push((doc, u.clone())),
-            None => unknown.push(doc),
-        }
-    }
-    match unnamed.first() {
-        None => plan.accepted = unknown.len(),
-        // Only one document could be meant.
-        Some(u) if unknown.len() == 1 => {
-            let doc = unknown.pop().expect("one");
-            if is_transient(&u.code) {
-                plan.retry.push((doc, u.clone()));
-            } else {
-                plan.reject.push((doc, u.clone()));
-            }
-        }
-        // Which of them failed transiently is unknowable; all are sent again together.
-        Some(u) if unnamed.iter().all(|u| is_transient(&u.code)) => {
-            plan.retry
-                .extend(unknown.into_iter().map(|d| (d, u.clone())));
-        }
-        Some(_) => plan.isolate = unknown,
-    }
-    plan
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,18 +119,6 @@ mod tests {
         Doc::new(format!(
             r#"{{"name":"svc","id":"{id}","trace_id":"1-6553f100-0a0b0c0d0e0f101112131415","start_time":1,"end_time":2}}"#
         ))
-    }
-
-    fn unprocessed(id: Option<&str>, code: &str) -> Unprocessed {
-        Unprocessed {
-            id: id.map(str::to_string),
-            code: code.into(),
-            message: format!("{code} message"),
-        }
-    }
-
-    fn ids(docs: &[(Doc, Unprocessed)]) -> Vec<&str> {
-        docs.iter().map(|(d, _)| d.id.as_deref().unwrap()).collect()
     }
 
     #[test]
@@ -218,13 +132,27 @@ mod tests {
         let escaped = serde_json::to_string(&d.body).unwrap();
         assert_eq!(d.request_bytes, escaped.len() + 1);
         assert_eq!(Doc::new("not json".into()).id, None);
-        assert!(precheck(&Doc::new("[1]".into())).is_some());
-        assert!(precheck(&Doc::new(format!(
-            r#"{{"id":"a","x":"{}"}}"#,
-            "x".repeat(70_000)
-        )))
-        .is_some());
         assert_eq!(precheck(&d), None);
+    }
+
+    #[test]
+    fn documents_no_call_can_carry_are_refused_with_a_code() {
+        let code = |d: &Doc| precheck(d).map(|(code, _)| code);
+        assert_eq!(
+            code(&Doc::new("[1]".into())).as_deref(),
+            Some(INVALID_DOCUMENT)
+        );
+        let big = Doc::new(format!(r#"{{"id":"a","x":"{}"}}"#, "x".repeat(70_000)));
+        assert_eq!(code(&big).as_deref(), Some(INVALID_DOCUMENT));
+        let mut span = doc("a");
+        span.unplaceable = Some("too old");
+        assert_eq!(
+            precheck(&span),
+            Some((
+                super::super::dropped::CODE.to_string(),
+                "too old".to_string()
+            ))
+        );
     }
 
     #[test]
@@ -263,75 +191,5 @@ mod tests {
             request.len(),
             calls[0].iter().map(|d| d.request_bytes).sum::<usize>() + REQUEST_OVERHEAD - 1
         );
-    }
-
-    #[test]
-    fn transient_and_permanent_codes() {
-        for code in [
-            "ThrottledException",
-            "ThrottlingException",
-            "InternalFailure",
-            "ServiceUnavailable",
-            "RequestTimeout",
-        ] {
-            assert!(is_transient(code), "{code}");
-        }
-        for code in [
-            "InvalidSegment",
-            "InvalidName",
-            "MissingId",
-            "MissingParam",
-            "JSONFormatError",
-            "",
-        ] {
-            assert!(!is_transient(code), "{code}");
-        }
-    }
-
-    #[test]
-    fn only_the_named_documents_are_retried_or_rejected() {
-        let docs = vec![doc("a"), doc("b"), doc("c"), doc("d")];
-        let p = plan(
-            docs,
-            vec![
-                unprocessed(Some("b"), "ThrottledException"),
-                unprocessed(Some("d"), "InvalidSegment"),
-            ],
-        );
-        assert_eq!(p.accepted, 2);
-        assert_eq!(ids(&p.retry), vec!["b"]);
-        assert_eq!(ids(&p.reject), vec!["d"]);
-        assert_eq!(p.reject[0].1.code, "InvalidSegment");
-        assert!(p.isolate.is_empty());
-    }
-
-    #[test]
-    fn an_unnamed_rejection_isolates_the_unnamed_documents() {
-        let docs = vec![doc("a"), doc("b"), doc("c")];
-        let p = plan(
-            docs.clone(),
-            vec![
-                unprocessed(Some("a"), "InvalidName"),
-                unprocessed(None, "MissingId"),
-            ],
-        );
-        assert_eq!(ids(&p.reject), vec!["a"]);
-        assert_eq!(p.accepted, 0);
-        assert_eq!(
-            p.isolate
-                .iter()
-                .map(|d| d.id.as_deref().unwrap())
-                .collect::<Vec<_>>(),
-            vec!["b", "c"]
-        );
-
-        // Alone in its call, the unnamed rejection can only mean that document.
-        let p = plan(vec![doc("x")], vec![unprocessed(None, "JSONFormatError")]);
-        assert_eq!(ids(&p.reject), vec!["x"]);
-
-        // An unnamed transient failure sends every unnamed document again.
-        let p = plan(docs, vec![unprocessed(Some("zz"), "ThrottledException")]);
-        assert_eq!(ids(&p.retry), vec!["a", "b", "c"]);
-        assert_eq!(p.accepted, 0);
     }
 }

@@ -1,32 +1,29 @@
-//! The one X-Ray call the sink makes, behind a small trait so the retry logic can be unit
-//! tested without a network.
+//! The X-Ray sink as the delivery engine drives it: documents into calls ([`super::request`]),
+//! one `PutTraceSegments` call, and its answer read by [`super::answer`]. The call itself sits
+//! behind [`SegmentApi`] so the classification is exercised through the engine with a
+//! scripted X-Ray (`delivery::harness`) as well as against moto end to end.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_xray::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_xray::types::UnprocessedTraceSegment;
+use serde_json::json;
 use tokio::sync::OnceCell;
 
-use super::request::Unprocessed;
+use super::answer::{self, Unprocessed};
+use super::request::{self, Doc};
+use crate::delivery::{Answer, Service};
+use crate::sinks::aws_sdk::{self, CallFailure};
 
-/// Why a whole `PutTraceSegments` call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallError {
-    /// Worth trying again: network, timeouts, throttling past the SDK's own retries,
-    /// X-Ray's 5xx, and credential or permission problems an operator can fix.
-    Transient(String),
-    /// X-Ray refused the request as invalid: one of its documents is to blame.
-    Rejected { code: String, message: String },
-}
-
+/// One `PutTraceSegments` call: what X-Ray did not process, or why the call failed.
 #[async_trait]
 pub trait SegmentApi: Send + Sync + 'static {
-    /// Sends `documents` in one call; returns what X-Ray did not process.
-    async fn put(&self, documents: Vec<String>) -> Result<Vec<Unprocessed>, CallError>;
+    async fn put(&self, documents: Vec<String>) -> Result<Vec<Unprocessed>, CallFailure>;
 }
 
 /// `aws-sdk-xray`, configured by the standard AWS chain (`AWS_REGION`,
 /// `AWS_ENDPOINT_URL[_XRAY]`, profiles, the ECS task role) on first use, so building the
-/// sink needs no async context. The SDK's standard retry strategy (3 attempts with
-/// backoff on throttling and 5xx) runs inside each call.
+/// sink needs no async context. The SDK's own retry is off: the engine retries, once.
 #[derive(Default)]
 pub struct Xray {
     client: OnceCell<aws_sdk_xray::Client>,
@@ -36,9 +33,7 @@ impl Xray {
     async fn client(&self) -> &aws_sdk_xray::Client {
         self.client
             .get_or_init(|| async {
-                let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .load()
-                    .await;
+                let conf = aws_sdk::config().await;
                 aws_sdk_xray::Client::new(&conf)
             })
             .await
@@ -47,7 +42,7 @@ impl Xray {
 
 #[async_trait]
 impl SegmentApi for Xray {
-    async fn put(&self, documents: Vec<String>) -> Result<Vec<Unprocessed>, CallError> {
+    async fn put(&self, documents: Vec<String>) -> Result<Vec<Unprocessed>, CallFailure> {
         let output = self
             .client()
             .await
@@ -55,40 +50,66 @@ impl SegmentApi for Xray {
             .set_trace_segment_documents(Some(documents))
             .send()
             .await
-            .map_err(classify)?;
-        Ok(output
-            .unprocessed_trace_segments()
-            .iter()
-            .map(|u| Unprocessed {
-                id: u.id().map(str::to_string),
-                code: u.error_code().unwrap_or_default().to_string(),
-                message: u.message().unwrap_or_default().to_string(),
-            })
-            .collect())
+            .map_err(aws_sdk::failure)?;
+        let entries = output.unprocessed_trace_segments();
+        Ok(entries.iter().map(unprocessed).collect())
     }
 }
 
-fn classify<E, R>(e: SdkError<E, R>) -> CallError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let code = e.code().map(str::to_string);
-    let message = e.message().map(str::to_string);
-    match (&e, code.as_deref()) {
-        (
-            SdkError::ServiceError(_),
-            Some(
-                c @ ("InvalidRequestException" | "ValidationException" | "SerializationException"),
-            ),
-        ) => CallError::Rejected {
-            code: c.to_string(),
-            message: message.unwrap_or_default(),
-        },
-        _ => CallError::Transient(format!(
-            "{}{}",
-            code.map(|c| format!("{c}: ")).unwrap_or_default(),
-            aws_sdk_xray::error::DisplayErrorContext(&e)
-        )),
+/// An entry of the SDK's answer as the classification reads it: X-Ray may leave out any of
+/// its fields, and an entry without them still says a document was not taken.
+fn unprocessed(u: &UnprocessedTraceSegment) -> Unprocessed {
+    Unprocessed {
+        id: u.id().map(str::to_string),
+        code: u.error_code().unwrap_or_default().to_string(),
+        message: u.message().unwrap_or_default().to_string(),
+    }
+}
+
+/// The sink's [`Service`]: X-Ray's limits, its call and its answer.
+pub struct XrayService {
+    api: Arc<dyn SegmentApi>,
+    max_request_bytes: usize,
+}
+
+impl XrayService {
+    pub fn new(api: Arc<dyn SegmentApi>, max_request_bytes: usize) -> Self {
+        XrayService {
+            api,
+            max_request_bytes,
+        }
+    }
+}
+
+#[async_trait]
+impl Service for XrayService {
+    type Item = Doc;
+
+    fn name(&self) -> &'static str {
+        "xray"
+    }
+
+    fn precheck(&self, doc: &Doc) -> Option<(String, String)> {
+        request::precheck(doc)
+    }
+
+    fn calls(&self, docs: Vec<Doc>) -> Vec<Vec<Doc>> {
+        request::chunk(docs, self.max_request_bytes)
+    }
+
+    async fn call(&self, docs: &[Doc]) -> Answer {
+        let bodies = docs.iter().map(|d| d.body.clone()).collect();
+        match self.api.put(bodies).await {
+            Ok(unprocessed) => answer::for_unprocessed(docs, unprocessed),
+            Err(f) => answer::for_failure(&f),
+        }
+    }
+
+    fn describe(&self, doc: &Doc) -> serde_json::Value {
+        json!({
+            "id": doc.id,
+            "trace_id": doc.trace_id,
+            "document": doc.body,
+        })
     }
 }
