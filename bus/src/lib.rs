@@ -7,6 +7,7 @@
 //! records before it. Delivery is at least once: records after the last commit are read again
 //! after a restart or a hand-over.
 
+pub mod backoff;
 pub mod config;
 pub mod embedded;
 #[cfg(test)]

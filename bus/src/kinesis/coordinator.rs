@@ -13,7 +13,7 @@ use super::consumer::{lost, Held, Shared, BUS_LABEL};
 use super::leases::{self, Checkpoint, Lease, Observations};
 use super::reader::Reader;
 use super::shards::list_shards;
-use super::throttle::jittered;
+use crate::backoff::jittered;
 use crate::{BusError, Position};
 
 /// Renews, syncs shards, takes leases; every third of a lease duration.

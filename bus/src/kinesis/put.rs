@@ -15,7 +15,8 @@ use super::aggregation::{pack, KinesisRecord, UserRecord};
 use super::config::{limits, KinesisConfig};
 use super::error::{error_code, is_throttle};
 use super::shards::{list_shards, ShardMap};
-use super::throttle::{jittered, ShardThrottle};
+use super::throttle::ShardThrottle;
+use crate::backoff::jittered;
 
 const BUS_LABEL: &str = "kinesis";
 

@@ -16,7 +16,7 @@ use super::config::limits;
 use super::consumer::{lost, Event, Shared, BUS_LABEL};
 use super::error::{error_code, is_throttle, kinesis_error};
 use super::leases::Checkpoint;
-use super::throttle::jittered;
+use crate::backoff::jittered;
 use crate::{BusError, Position, Record};
 
 pub(super) struct Reader {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::aggregation::UserRecord;
 use super::config::{SpoolConfig, SpoolFullPolicy};
 use super::put::{Fate, Putter};
-use super::throttle::jittered;
+use crate::backoff::jittered;
 use crate::config::{EmbeddedConfig, FsyncPolicy};
 use crate::embedded::{EmbeddedConsumer, EmbeddedLog, EmbeddedProducer};
 use crate::{Ack, BusError, Consumer, PartitionKey, Position, Producer};

@@ -5,14 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rand::Rng;
+use crate::backoff::jittered;
 use tokio::time::Instant;
-
-/// Equal jitter: between half and all of `max`.
-pub(crate) fn jittered(max: Duration) -> Duration {
-    let nanos = max.as_nanos().min(u64::MAX as u128) as u64;
-    Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos.max(1)))
-}
 
 /// Adaptive per-shard pacing: a shard that throttles gets a pause that doubles while it keeps
 /// throttling and halves with each success, so a hot shard is not hammered while the others

@@ -134,19 +134,25 @@ impl<S: Service> Engine<S> {
             .filter(|c| !c.is_empty())
             .map(Call::fresh)
             .collect();
+        // A stop ends the waits between attempts and starts no new call, but a call already
+        // made is let finish (its time is bounded by the client's timeout): dropping it would
+        // not unsend it, and its answer may settle the round, which can then be checkpointed.
         let mut in_flight = FuturesUnordered::new();
         loop {
-            while in_flight.len() < self.config.concurrency.max(1) {
+            while in_flight.len() < self.config.concurrency.max(1) && !stop.is_cancelled() {
                 let Some(call) = queue.pop_front() else { break };
-                in_flight.push(self.send(call));
+                in_flight.push(self.send(call, stop));
             }
-            let Some((call, answer)) = (tokio::select! {
-                next = in_flight.next() => next,
-                _ = stop.cancelled() => return Err(Stopped),
-            }) else {
+            let Some((call, answer)) = in_flight.next().await else {
                 break;
             };
-            self.settle(call, answer, &mut queue, &mut report, &mut refused);
+            match answer {
+                Some(answer) => self.settle(call, answer, &mut queue, &mut report, &mut refused),
+                None => queue.push_back(call),
+            }
+        }
+        if !queue.is_empty() {
+            return Err(Stopped);
         }
         self.dead_letters
             .write(&refused, |i| self.service.describe(i), stop)
@@ -159,10 +165,15 @@ impl<S: Service> Engine<S> {
         Ok(report)
     }
 
-    /// Waits the call's delay, then makes it, timing the service.
-    async fn send(&self, call: Call<S::Item>) -> (Call<S::Item>, Answer) {
-        if !call.delay.is_zero() {
-            tokio::time::sleep(call.delay).await;
+    /// Waits the call's delay, then makes it, timing the service; no answer if stopped before
+    /// the call was made.
+    async fn send(
+        &self,
+        call: Call<S::Item>,
+        stop: &CancellationToken,
+    ) -> (Call<S::Item>, Option<Answer>) {
+        if stop.is_cancelled() || !backoff::sleep(call.delay, stop).await {
+            return (call, None);
         }
         let started = Instant::now();
         let answer = self.service.call(&call.items).await;
@@ -171,7 +182,7 @@ impl<S: Service> Engine<S> {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("tidewater_sink_calls_total", "sink" => name, "answer" => label(&answer))
             .increment(1);
-        (call, answer)
+        (call, Some(answer))
     }
 
     /// Acts on one answer: counts, queues what is to be sent again, collects refusals.

@@ -16,7 +16,6 @@
 //! - `tidewater_sink_calls_total{answer}` and `tidewater_sink_call_seconds` (histogram);
 //! - `tidewater_sink_failing`: 1 while the sink's calls fail as a whole.
 
-pub mod backoff;
 pub mod config;
 pub mod dead_letter;
 mod engine;
@@ -27,11 +26,13 @@ pub mod service;
 #[cfg(test)]
 mod tests;
 
-pub use backoff::Backoff;
 pub use config::DeliveryConfig;
 pub use dead_letter::Refusal;
 pub use engine::{Engine, Report};
 pub use service::{Answer, Service, Verdict};
+/// The one backoff, shared with the bus's own retries.
+pub use tidewater_bus::backoff;
+pub use tidewater_bus::backoff::Backoff;
 
 /// The processor stopped before the delivery finished: nothing of it may be checkpointed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

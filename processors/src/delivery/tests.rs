@@ -280,6 +280,37 @@ async fn a_stop_during_an_outage_returns_stopped_and_dead_letters_nothing() {
 }
 
 #[tokio::test]
+async fn a_stop_lets_the_call_in_flight_finish_and_starts_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Scripted::new(1, Vec::new());
+    service.pause = Duration::from_millis(200);
+    let engine = Engine::new(service, config(dir.path()));
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stopper.cancel();
+    });
+    // The first call is under way when the stop comes: it finishes; the second is not made.
+    assert_eq!(
+        engine.deliver(vec![1, 2], &stop).await.unwrap_err(),
+        Stopped
+    );
+    assert_eq!(engine.service().calls_made(), vec![vec![1]]);
+    assert_eq!(engine.service().in_flight.load(Ordering::SeqCst), 0);
+
+    // One call only, finished after the stop: the round is settled, so it is delivered.
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stopper.cancel();
+    });
+    let report = engine.deliver(vec![3], &stop).await.unwrap();
+    assert_eq!(report.stored, 1);
+}
+
+#[tokio::test]
 async fn calls_in_flight_never_exceed_the_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = Scripted::new(1, Vec::new());

@@ -1,6 +1,8 @@
-//! The one wait between attempts in the processors: capped exponential, with jitter, cut short
-//! by a stop. The engine's retries, the checkpoint's retries and the sinks' state writes all
-//! wait here, so "how long until the next try" has one answer.
+//! The one wait between attempts in Tidewater: capped exponential, with jitter, cut short by a
+//! stop. The bus's own retries (Kinesis puts, reads, the spool) and the processors' delivery
+//! engine, checkpoints and state writes all wait here, so "how long until the next try" has
+//! one answer. It lives in the bus crate because that is the lowest crate every retrying part
+//! depends on.
 
 use std::time::Duration;
 
