@@ -4,6 +4,7 @@ mod admin;
 mod config;
 #[cfg(test)]
 mod fuzz;
+mod healthcheck;
 mod logging;
 mod run;
 
@@ -42,15 +43,21 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Ask a running Tidewater's admin listener whether it is ready: exit 0, or 1 with why.
+    Healthcheck(healthcheck::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Healthcheck(args) = &cli.command {
+        return healthcheck::main(args, cli.config.as_deref());
+    }
     let (file, role) = match &cli.command {
         Command::Up => (cli.config.clone(), Role::Up),
         Command::Collector => (cli.config.clone(), Role::Collector),
         Command::Processor => (cli.config.clone(), Role::Processor),
         Command::CheckConfig { file } => (Some(file.clone()), Role::Up),
+        Command::Healthcheck(_) => unreachable!("handled above"),
     };
     let config = match Config::load(file.as_deref(), std::env::vars()) {
         Ok(c) => c,
