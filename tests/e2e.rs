@@ -19,5 +19,6 @@ mod kinesis_scale;
 mod pipeline_e2e;
 mod restart;
 mod self_telemetry;
+mod slow_sink_e2e;
 mod tls_auth;
 mod xray_e2e;
