@@ -26,6 +26,65 @@ pub struct Config {
     pub telemetry: crate::logging::TelemetryConfig,
 }
 
+/// `[telemetry.emf]`: Tidewater's own health as CloudWatch Embedded Metric Format lines on
+/// stdout (`src/self_metrics`), for deployments whose log driver ships stdout to CloudWatch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmfTelemetryConfig {
+    pub enabled: bool,
+    /// How often a report is written; counters are reported as their increase over it.
+    #[serde(with = "humantime_serde")]
+    pub interval: std::time::Duration,
+    pub namespace: String,
+    /// The `Pipeline` dimension: which pipeline this process belongs to, so that alarms on
+    /// one pipeline's collectors and processors see neither another pipeline's nor miss any.
+    pub pipeline: String,
+    /// The `Service` dimension, in addition: the app a collector sidecar serves. Empty: none.
+    pub service: String,
+}
+
+impl Default for EmfTelemetryConfig {
+    fn default() -> Self {
+        EmfTelemetryConfig {
+            enabled: false,
+            interval: std::time::Duration::from_secs(60),
+            namespace: "Tidewater".into(),
+            pipeline: "tidewater".into(),
+            service: String::new(),
+        }
+    }
+}
+
+impl EmfTelemetryConfig {
+    /// CloudWatch's own limits, so a bad value fails at start-up rather than as metrics that
+    /// silently never appear.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.interval < std::time::Duration::from_secs(1) {
+            anyhow::bail!(
+                "telemetry.emf.interval must be at least 1s (got {:?})",
+                self.interval
+            );
+        }
+        let ns = &self.namespace;
+        if ns.is_empty() || ns.len() > 255 || ns.starts_with("AWS/") {
+            anyhow::bail!(
+                "telemetry.emf.namespace must be 1 to 255 characters and not start with \"AWS/\" (got {ns:?})"
+            );
+        }
+        for (key, value, may_be_empty) in [
+            ("pipeline", &self.pipeline, false),
+            ("service", &self.service, true),
+        ] {
+            if (value.is_empty() && !may_be_empty) || value.len() > 1024 {
+                anyhow::bail!(
+                    "telemetry.emf.{key} is a dimension value: 1 to 1024 characters (got {value:?})"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -131,6 +190,9 @@ impl Config {
             );
         }
         self.processor.validate().map_err(anyhow::Error::msg)?;
+        if self.telemetry.emf.enabled {
+            self.telemetry.emf.validate()?;
+        }
         self.sinks.validate().map_err(anyhow::Error::msg)?;
         let emf = &self.sinks.emf;
         if emf.enabled && emf.dedup_records < self.processor.max_poll_records {
@@ -282,6 +344,56 @@ mod tests {
             e.contains("sinks.elasticsearch.delivery.max_attempts"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn emf_self_metrics_from_the_environment_within_cloudwatch_limits() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("TIDEWATER_TELEMETRY__EMF__ENABLED", "true"),
+                ("TIDEWATER_TELEMETRY__EMF__INTERVAL", "10s"),
+                ("TIDEWATER_TELEMETRY__EMF__PIPELINE", "orders-bus"),
+                ("TIDEWATER_TELEMETRY__EMF__SERVICE", "shop"),
+            ]),
+        )
+        .unwrap();
+        let emf = &c.telemetry.emf;
+        assert!(emf.enabled);
+        assert_eq!(emf.interval, std::time::Duration::from_secs(10));
+        assert_eq!(
+            (
+                emf.namespace.as_str(),
+                emf.pipeline.as_str(),
+                emf.service.as_str()
+            ),
+            ("Tidewater", "orders-bus", "shop")
+        );
+        for (key, value, expected) in [
+            (
+                "TIDEWATER_TELEMETRY__EMF__NAMESPACE",
+                "AWS/Mine",
+                "telemetry.emf.namespace",
+            ),
+            (
+                "TIDEWATER_TELEMETRY__EMF__INTERVAL",
+                "0s",
+                "telemetry.emf.interval",
+            ),
+            (
+                "TIDEWATER_TELEMETRY__EMF__PIPELINE",
+                "",
+                "telemetry.emf.pipeline",
+            ),
+        ] {
+            let e = Config::load(
+                None,
+                env(&[("TIDEWATER_TELEMETRY__EMF__ENABLED", "true"), (key, value)]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(expected), "{key}={value}: {e}");
+        }
     }
 
     /// The manifests in deploy/ carry real configuration: keep them loadable.

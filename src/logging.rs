@@ -28,6 +28,8 @@ pub struct TelemetryConfig {
     /// Fraction of root spans kept (parent-based below them).
     pub sample_ratio: f64,
     pub service_name: String,
+    /// Its own health as EMF lines on stdout (`[telemetry.emf]`, `src/self_metrics`).
+    pub emf: crate::config::EmfTelemetryConfig,
 }
 
 impl Default for TelemetryConfig {
@@ -37,6 +39,7 @@ impl Default for TelemetryConfig {
             filter: "tidewater=debug,tidewater_collector=debug,tidewater_processors=debug,tidewater_bus=debug".into(),
             sample_ratio: 1.0,
             service_name: "tidewater".into(),
+            emf: Default::default(),
         }
     }
 }

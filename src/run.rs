@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
 use crate::config::Config;
+use crate::self_metrics;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Role {
@@ -27,6 +28,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// As in the command line, and as the `Role` dimension of the EMF self-metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Up => "up",
+            Role::Collector => "collector",
+            Role::Processor => "processor",
+        }
+    }
     fn collects(self) -> bool {
         matches!(self, Role::Up | Role::Collector)
     }
@@ -92,6 +101,10 @@ pub fn sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
         sinks.push(Arc::new(ElasticsearchSink::new(
             config.sinks.elasticsearch.clone(),
         )?));
+    }
+    if config.sinks.otlp.enabled {
+        let otlp = tidewater_processors::sinks::otlp::OtlpSink::new(&config.sinks.otlp)?;
+        sinks.push(Arc::new(otlp));
     }
     if sinks.is_empty() {
         anyhow::bail!("no sink is enabled: enable at least one under [sinks]");
@@ -172,6 +185,12 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
                 logs.log_group, logs.log_stream
             ));
         }
+        if config.sinks.otlp.enabled {
+            lines.push(format!(
+                "  {}",
+                tidewater_processors::sinks::otlp::describe(&config.sinks.otlp)
+            ));
+        }
         let es = &config.sinks.elasticsearch;
         if es.enabled {
             lines.push(format!(
@@ -192,6 +211,21 @@ pub fn describe(config: &Config, role: Role) -> Vec<String> {
         "admin: /healthz /readyz /metrics on {}",
         config.admin.addr
     ));
+    let emf = &config.telemetry.emf;
+    if emf.enabled {
+        lines.push(format!(
+            "self-metrics: EMF on stdout every {:?}, namespace {}, Pipeline={:?} Role={:?}{}",
+            emf.interval,
+            emf.namespace,
+            emf.pipeline,
+            role.label(),
+            if emf.service.is_empty() {
+                String::new()
+            } else {
+                format!(" Service={:?}", emf.service)
+            }
+        ));
+    }
     lines
 }
 
@@ -199,6 +233,23 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let metrics = admin::install_metrics()?;
     let readiness = Readiness::default();
     let stop = CancellationToken::new();
+    // Its own stop, cancelled once the components have stopped, so the last report carries
+    // what they did while draining.
+    let self_metrics_stop = CancellationToken::new();
+    let self_metrics = config.telemetry.emf.enabled.then(|| {
+        self_metrics::spawn(
+            metrics.clone(),
+            self_metrics::render::Settings::from_config(
+                &config,
+                role.label(),
+                role.collects(),
+                role.processes(),
+            ),
+            config.telemetry.emf.interval,
+            std::io::stdout(),
+            self_metrics_stop.clone(),
+        )
+    });
     admin::serve(
         config.admin.addr,
         readiness.clone(),
@@ -274,6 +325,11 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     processor_stop.cancel();
     if let Some(task) = processor.filter(|_| !processor_done) {
         outcome = processor_outcome(task.await);
+    }
+    self_metrics_stop.cancel();
+    if let Some(task) = self_metrics {
+        // Bounded: a log driver that stopped reading must not hold the exit.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     stop.cancel();
     outcome

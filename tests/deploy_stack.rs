@@ -6,9 +6,10 @@
 //! call in the source that needs it; and the stacks are created in moto's CloudFormation, what
 //! moto built is read back, and `tidewater collector` + `tidewater processor` run with exactly
 //! the environment of the task definitions moto holds, spans from the OpenTelemetry Python SDK
-//! reaching X-Ray (moto).
+//! reaching X-Ray (moto). Their stdout is then held to the EMF specification, and every alarm
+//! and dashboard widget to a metric (name, dimensions, values) they actually wrote.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::common::*;
+use crate::self_metrics_emf::{emitted, Emitted};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -336,13 +338,20 @@ fn every_iam_action_is_one_the_code_calls_on_scoped_resources() {
     assert!(check_statement("t", "ProcessorTaskRole", &ok, &source).is_empty());
 }
 
-/// The alarms read metrics that exist: AWS's own for the stream and the service, or the
-/// stack's metric filters, whose patterns name messages Tidewater logs.
-#[test]
-fn every_alarm_reads_a_metric_that_is_emitted() {
-    let source = source();
-    let t = decode(&root().join("deploy/cloudformation/tidewater.yaml"));
-    let resources = t["Resources"].as_object().unwrap();
+/// AWS's own metrics the stack alarms on or graphs.
+const AWS_METRICS: &[(&str, &str)] = &[
+    ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds"),
+    ("AWS/Kinesis", "WriteProvisionedThroughputExceeded"),
+    ("AWS/Kinesis", "IncomingRecords"),
+    ("ECS/ContainerInsights", "RunningTaskCount"),
+];
+
+/// (namespace, name) of the metrics the stack's own metric filters make, each pattern checked
+/// to name a message Tidewater logs.
+fn filter_metrics(
+    resources: &serde_json::Map<String, Value>,
+    source: &str,
+) -> HashSet<(String, String)> {
     let mut from_filters = HashSet::new();
     for (id, r) in resources {
         if r["Type"] != "AWS::Logs::MetricFilter" {
@@ -365,11 +374,25 @@ fn every_alarm_reads_a_metric_that_is_emitted() {
             ));
         }
     }
-    let aws_metrics = [
-        ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds"),
-        ("AWS/Kinesis", "WriteProvisionedThroughputExceeded"),
-        ("ECS/ContainerInsights", "RunningTaskCount"),
-    ];
+    from_filters
+}
+
+/// The alarms read metrics that exist: AWS's own for the stream and the service, the stack's
+/// metric filters (whose patterns name messages Tidewater logs), or Tidewater's EMF
+/// self-metrics, scoped to this pipeline (`Pipeline` = the stream) and a role. That those are
+/// really written, under exactly these names and dimensions, is checked against the running
+/// collector's and processor's stdout in `stacks_create_in_moto_and_the_pipeline_runs_from_them`.
+/// Every alarm is on the dashboard's alarm widget.
+#[test]
+fn every_alarm_reads_a_metric_that_is_emitted() {
+    let source = source();
+    let t = decode(&root().join("deploy/cloudformation/tidewater.yaml"));
+    let resources = t["Resources"].as_object().unwrap();
+    let from_filters = filter_metrics(resources, &source);
+    let dashboard = resources["PipelineDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .expect("the dashboard body is one Fn::Sub")
+        .to_string();
     let mut alarms = 0;
     for (id, r) in resources {
         if r["Type"] != "AWS::CloudWatch::Alarm" {
@@ -381,16 +404,173 @@ fn every_alarm_reads_a_metric_that_is_emitted() {
             p["Namespace"].as_str().unwrap().to_string(),
             p["MetricName"].as_str().unwrap().to_string(),
         );
-        assert!(
-            from_filters.contains(&key) || aws_metrics.contains(&(key.0.as_str(), key.1.as_str())),
-            "{id}: {key:?} is neither an AWS metric nor one of the stack's metric filters"
-        );
+        if key.0 == "Tidewater" && !from_filters.contains(&key) {
+            let dims = alarm_dimensions(p, "<stream>");
+            let role = dims.get("Role").map(String::as_str);
+            assert!(
+                dims.get("Pipeline").map(String::as_str) == Some("<stream>")
+                    && matches!(role, Some("collector" | "processor"))
+                    && dims.len() == 2,
+                "{id}: an EMF self-metric alarm is scoped to Pipeline = the stream and a Role: {dims:?}"
+            );
+        } else {
+            assert!(
+                from_filters.contains(&key)
+                    || AWS_METRICS.contains(&(key.0.as_str(), key.1.as_str())),
+                "{id}: {key:?} is neither an AWS metric, one of the stack's metric filters, nor an EMF self-metric"
+            );
+        }
         assert!(
             p["AlarmActions"].to_string().contains("AlarmTopicArn"),
             "{id} notifies the topic"
         );
+        let name = p["AlarmName"]["Fn::Sub"].as_str().expect("a named alarm");
+        let suffix = name.strip_prefix("${AWS::StackName}").unwrap();
+        assert!(
+            dashboard.contains(&format!(":alarm:${{AWS::StackName}}{suffix}\"")),
+            "{id} ({name}) is on the dashboard's alarm widget"
+        );
     }
-    assert!(alarms >= 6, "{alarms} alarms");
+    assert!(alarms >= 10, "{alarms} alarms");
+    assert_eq!(
+        dashboard.matches(":alarm:").count(),
+        alarms,
+        "the alarm widget names exactly the stack's alarms"
+    );
+}
+
+/// An alarm's dimensions, `{"Ref": "Stream"}` read as `stream`.
+fn alarm_dimensions(props: &Value, stream: &str) -> BTreeMap<String, String> {
+    props["Dimensions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let value = match &d["Value"] {
+                Value::String(v) => v.clone(),
+                v if v["Ref"] == "Stream" => stream.to_string(),
+                v => panic!("dimension value {v}"),
+            };
+            (d["Name"].as_str().unwrap().to_string(), value)
+        })
+        .collect()
+}
+
+/// Every alarm on Tidewater's EMF self-metrics, and every metric and SEARCH of the dashboard
+/// (as CloudWatch holds it, `${...}` resolved), names a metric the collector and processor
+/// wrote, with the same dimensions and values; the rest are AWS's own metrics of this stream.
+fn check_alarms_and_dashboard(
+    emitted: &BTreeMap<Emitted, Vec<f64>>,
+    dashboard: &Value,
+    stream: &str,
+) {
+    let t = decode(&root().join("deploy/cloudformation/tidewater.yaml"));
+    let resources = t["Resources"].as_object().unwrap();
+    let from_filters = filter_metrics(resources, &source());
+    let written = |namespace: &str, name: &str, dims: &BTreeMap<String, String>| {
+        emitted.contains_key(&Emitted {
+            namespace: namespace.into(),
+            name: name.into(),
+            dimensions: dims.clone(),
+        })
+    };
+    let names: Vec<String> = emitted
+        .keys()
+        .map(|k| format!("{} {:?}", k.name, k.dimensions))
+        .collect();
+    let mut checked = 0;
+    for (id, r) in resources {
+        let p = &r["Properties"];
+        if r["Type"] != "AWS::CloudWatch::Alarm" || p["Namespace"] != "Tidewater" {
+            continue;
+        }
+        let name = p["MetricName"].as_str().unwrap();
+        if from_filters.contains(&("Tidewater".to_string(), name.to_string())) {
+            continue;
+        }
+        let dims = alarm_dimensions(p, stream);
+        assert!(
+            written("Tidewater", name, &dims),
+            "{id}: Tidewater wrote no {name} {dims:?}; it wrote:\n{}",
+            names.join("\n")
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked} alarms on EMF self-metrics");
+
+    let mut widgets = 0;
+    for w in dashboard["widgets"].as_array().unwrap() {
+        if w["type"] != "metric" {
+            continue;
+        }
+        widgets += 1;
+        let title = w["properties"]["title"].as_str().unwrap_or_default();
+        let metrics = w["properties"]["metrics"].as_array().unwrap();
+        assert!(!metrics.is_empty(), "{title}: no metrics");
+        for m in metrics {
+            let m = m.as_array().unwrap();
+            if let Some(expression) = m[0]["expression"].as_str() {
+                let (namespace, schema, filters) = parse_search(expression);
+                let name = &filters["MetricName"];
+                let matching = emitted.keys().any(|k| {
+                    k.namespace == namespace
+                        && k.name == *name
+                        && k.dimensions.keys().cloned().collect::<BTreeSet<_>>() == schema
+                        && filters
+                            .iter()
+                            .filter(|(f, _)| *f != "MetricName")
+                            .all(|(f, v)| k.dimensions.get(f) == Some(v))
+                });
+                assert!(
+                    matching,
+                    "{title}: {expression} finds nothing Tidewater wrote:\n{}",
+                    names.join("\n")
+                );
+                continue;
+            }
+            let strings: Vec<&str> = m.iter().filter_map(Value::as_str).collect();
+            let (namespace, name) = (strings[0], strings[1]);
+            let dims: BTreeMap<String, String> = strings[2..]
+                .chunks(2)
+                .map(|kv| (kv[0].to_string(), kv[1].to_string()))
+                .collect();
+            if namespace == "Tidewater" {
+                assert!(
+                    written(namespace, name, &dims),
+                    "{title}: Tidewater wrote no {name} {dims:?}; it wrote:\n{}",
+                    names.join("\n")
+                );
+            } else {
+                assert!(
+                    AWS_METRICS.contains(&(namespace, name)),
+                    "{title}: {namespace} {name} is not a metric the stack knows"
+                );
+                assert_eq!(dims.get("StreamName").map(String::as_str), Some(stream));
+            }
+        }
+    }
+    assert!(widgets >= 8, "{widgets} metric widgets");
+}
+
+/// `SEARCH('{Namespace,Dim,...} Key="value" ...', 'Stat', period)` as (namespace, dimension
+/// names, filters).
+fn parse_search(expression: &str) -> (String, BTreeSet<String>, BTreeMap<String, String>) {
+    let inner = expression
+        .strip_prefix("SEARCH('{")
+        .unwrap_or_else(|| panic!("not a SEARCH: {expression}"));
+    let (schema, rest) = inner.split_once('}').unwrap();
+    let mut schema = schema.split(',').map(str::to_string);
+    let namespace = schema.next().unwrap();
+    let query = rest.split('\'').next().unwrap();
+    let filters = query
+        .split_whitespace()
+        .map(|f| {
+            let (k, v) = f.split_once('=').unwrap();
+            (k.to_string(), v.trim_matches('"').to_string())
+        })
+        .collect();
+    (namespace, schema.collect(), filters)
 }
 
 /// The quoted values of `$.message = "..."` in a filter pattern.
@@ -523,9 +703,10 @@ fn stacks_create_in_moto_and_the_pipeline_runs_from_them() {
             "TIDEWATER_BUS__KINESIS__IDLE_POLL_INTERVAL".into(),
             "200ms".into(),
         ));
+        e.push(("TIDEWATER_TELEMETRY__EMF__INTERVAL".into(), "1s".into()));
     }
-    let processor_tw = Tidewater::run("processor", processor_dir.path(), &env);
-    let collector = Tidewater::run("collector", collector_dir.path(), &collector_env);
+    let mut processor_tw = Tidewater::run("processor", processor_dir.path(), &env);
+    let mut collector = Tidewater::run("collector", collector_dir.path(), &collector_env);
 
     let sent = run_otel_app(
         "grpc",
@@ -582,6 +763,52 @@ fn stacks_create_in_moto_and_the_pipeline_runs_from_them() {
         collector.log(),
         processor_tw.log()
     );
+
+    // Their own health, as the task definitions configure it: EMF on stdout. A refused
+    // request gives the refusals-by-reason graph something to find; SIGTERM makes each write
+    // its last report.
+    let refused = post_protobuf(&collector.http_url("/v1/traces"), b"not OTLP".to_vec());
+    assert_eq!(refused.status(), 400);
+    collector.stop();
+    processor_tw.stop();
+    let stream = out["StreamName"].as_str().unwrap();
+    let collector_emf = emitted(&collector.stdout());
+    let processor_emf = emitted(&processor_tw.stdout());
+    let scope = |k: &Emitted| {
+        (
+            k.dimensions["Pipeline"].clone(),
+            k.dimensions["Role"].clone(),
+        )
+    };
+    assert!(
+        !collector_emf.is_empty()
+            && collector_emf
+                .keys()
+                .all(|k| scope(k) == (stream.into(), "collector".into())),
+        "the sidecar reports under its pipeline: {collector_emf:?}"
+    );
+    assert!(
+        collector_emf
+            .keys()
+            .any(|k| k.dimensions.get("Service").map(String::as_str) == Some("shop")),
+        "and under its app (Service): {collector_emf:?}"
+    );
+    assert!(
+        !processor_emf.is_empty()
+            && processor_emf
+                .keys()
+                .all(|k| scope(k) == (stream.into(), "processor".into())),
+        "{processor_emf:?}"
+    );
+    let mut all = collector_emf;
+    all.extend(processor_emf);
+    let delivered: f64 = all
+        .iter()
+        .filter(|(k, _)| k.name == "DeliveredItems" && k.dimensions.len() == 2)
+        .flat_map(|(_, v)| v)
+        .sum();
+    assert!(delivered > 0.0, "the reports count the delivery");
+    check_alarms_and_dashboard(&all, &created["dashboard"], stream);
 }
 
 /// The sidecar examples publish to the shared Kinesis stream (a collector on the embedded bus

@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tidewater_benches::workload::Generator;
 use tidewater_processors::decode::{Batch, SignalData};
 use tidewater_processors::documents::event_document;
-use tidewater_processors::sinks::file::lines;
+use tidewater_processors::sinks::file::render;
 use tidewater_processors::xray::{translate, XrayConfig};
 use tidewater_proto::Signal;
 
@@ -40,7 +40,11 @@ fn translators(c: &mut Criterion) {
         b.iter(|| translate(&traces, &config, now))
     });
     group.bench_function("file_traces_100_spans", |b| {
-        b.iter(|| lines(&batch, processed_at))
+        b.iter(|| {
+            let mut out = Vec::new();
+            render(&batch, processed_at, &mut out);
+            out
+        })
     });
     group.bench_function("event_documents_100_events", |b| {
         b.iter(|| {

@@ -62,6 +62,9 @@ pub struct CollectorConfig {
     /// authentication (with a warning): anyone who can reach the port can then publish.
     pub allow_insecure_non_loopback: bool,
     pub batch: BatchConfig,
+    /// Secrets and personal data removed before anything is published (`crate::redact`).
+    #[serde(deserialize_with = "crate::redact::config::checked")]
+    pub redaction: crate::redact::RedactionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +167,7 @@ impl Default for CollectorConfig {
             auth: AuthConfig::default(),
             allow_insecure_non_loopback: false,
             batch: BatchConfig::default(),
+            redaction: Default::default(),
         }
     }
 }

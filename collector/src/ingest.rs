@@ -23,6 +23,7 @@ use crate::events::{self, Limits};
 use crate::memory::Held;
 use crate::partition::{self, Part, Rejected, Split, XraySegment};
 use crate::pipeline::Pipeline;
+use crate::redact::Redactor;
 use crate::wire::WireError;
 
 #[derive(Clone, Copy)]
@@ -46,17 +47,20 @@ pub struct Ingest {
     pipeline: Arc<Pipeline>,
     max_events_per_batch: usize,
     event_limits: Limits,
+    redactor: Redactor,
 }
 
 impl Ingest {
-    pub fn new(pipeline: Arc<Pipeline>, config: &CollectorConfig) -> Self {
-        Ingest {
+    /// Fails when `[collector.redaction]` does not compile (or its key file cannot be read).
+    pub fn new(pipeline: Arc<Pipeline>, config: &CollectorConfig) -> anyhow::Result<Self> {
+        Ok(Ingest {
+            redactor: Redactor::new(&config.redaction).map_err(anyhow::Error::msg)?,
             pipeline,
             max_events_per_batch: config.max_events_per_batch,
             event_limits: Limits {
                 max_event_size: config.max_event_size.as_u64() as usize,
             },
-        }
+        })
     }
 
     /// `request` is an encoded `ExportTraceServiceRequest`; it is split and stored as it came,
@@ -143,6 +147,9 @@ impl Ingest {
         request: &[u8],
         held: Held,
     ) -> Result<Option<(i64, String)>, IngestError> {
+        // Before the split, so every part (and the resource a part is keyed by) is redacted.
+        let redacted = self.redactor.otlp(signal, request);
+        let request = redacted.as_deref().unwrap_or(request);
         let split = split(request, self.pipeline.partitions()).map_err(|e| {
             self.refuse(
                 signal,
@@ -183,6 +190,12 @@ impl Ingest {
         let mut valid = Vec::with_capacity(events.len());
         let mut rejected = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
+            // Before validation, so the size limit and the generated message id (a hash of the
+            // content) see the redacted event.
+            let event = event.map(|mut e| {
+                self.redactor.event(&mut e);
+                e
+            });
             match event.and_then(|e| events::validate(e, index, now, &self.event_limits)) {
                 Ok(e) => valid.push(e),
                 Err(r) => rejected.push(r),
@@ -205,8 +218,20 @@ impl Ingest {
     }
 
     /// X-Ray segment documents, already checked by the UDP receiver.
-    pub async fn xray_segments(&self, segments: Vec<XraySegment>) -> Result<(), IngestError> {
+    pub async fn xray_segments(&self, mut segments: Vec<XraySegment>) -> Result<(), IngestError> {
         let received = segments.len() as u64;
+        // A document that cannot be read cannot be redacted: it is not published.
+        segments.retain_mut(|s| match self.redactor.xray(&s.document) {
+            Ok(Some(document)) => {
+                s.document = document;
+                true
+            }
+            Ok(None) => true,
+            Err(_) => {
+                metrics::counter!("tidewater_collector_xray_bad_datagrams_total", "reason" => "redaction").increment(1);
+                false
+            }
+        });
         let parts = partition::split_xray_segments(segments, self.pipeline.partitions());
         self.accept(
             Signal::XraySegments,

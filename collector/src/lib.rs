@@ -4,7 +4,8 @@
 //! reads a request and hands it to [`ingest::Ingest`], which splits it by bus partition
 //! ([`partition`]) and submits the parts to the [`pipeline::Pipeline`]; the pipeline batches
 //! per partition, compresses, and publishes to the bus, and only then is the client answered.
-//! OTLP protobuf is split and stored on its wire bytes, never decoded ([`wire`]).
+//! OTLP protobuf is split and stored on its wire bytes, never decoded ([`wire`]). Before the
+//! split, [`redact`] removes secrets and personal data from every signal.
 
 pub mod config;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod memory;
 pub mod partition;
 pub mod pipeline;
 pub mod receiver;
+pub mod redact;
 pub mod split;
 pub mod wire;
 
@@ -47,7 +49,7 @@ impl Collector {
         let stop = CancellationToken::new();
         let listener = receiver::Listener::new(config, stop.child_token())?;
         let pipeline = pipeline::Pipeline::start(config, producer, producer_name);
-        let ingest = Arc::new(ingest::Ingest::new(pipeline.clone(), config));
+        let ingest = Arc::new(ingest::Ingest::new(pipeline.clone(), config)?);
         let (grpc_addr, grpc) = receiver::grpc::serve(
             config.grpc_addr,
             ingest.clone(),

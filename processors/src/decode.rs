@@ -6,6 +6,7 @@
 //! is decoded alone: the good ones are delivered and each bad one is handed back as
 //! [`Unreadable`] for the dead letters.
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -27,8 +28,8 @@ pub const MAX_UNCOMPRESSED: u64 = 256 * 1024 * 1024;
 /// --nocapture`), held once decoded: traces 3.4–3.6×, metrics 2.9–3.1×, logs 2.6×, events
 /// 9.0–9.1×, X-Ray segments 1.1× (a `String` per document). Each factor is rounded up with
 /// some margin; payloads of many tiny fields can still exceed theirs, which makes the bound
-/// approximate, not unsafe. While a chunk of records is being decoded its decompressed bytes
-/// are held as well (one more ×1), a few hundred KiB per core, not counted.
+/// approximate, not unsafe. Not counted: the buffer a record is decompressed into, one per
+/// core decoding, kept for the next record (at most `SCRATCH_KEPT` each).
 pub fn decoded_factor(signal: Signal) -> u64 {
     match signal {
         Signal::Traces | Signal::Metrics => 4,
@@ -148,8 +149,14 @@ pub fn decode(record: &[u8]) -> Result<(Batch, Vec<Unreadable>), String> {
         .map_err(|_| format!("unknown signal {}", envelope.signal))?;
     let encoding = Encoding::try_from(envelope.encoding)
         .map_err(|_| format!("unknown encoding {}", envelope.encoding))?;
-    let payload = match Compression::try_from(envelope.compression) {
-        Ok(Compression::None) => envelope.payload,
+    let mut unreadable = Vec::new();
+    let data = match Compression::try_from(envelope.compression) {
+        Ok(Compression::None) => decode_payload(
+            signal,
+            encoding,
+            Bytes::from(envelope.payload),
+            &mut unreadable,
+        )?,
         Ok(Compression::Zstd) => {
             if envelope.uncompressed_size > MAX_UNCOMPRESSED {
                 return Err(format!(
@@ -157,36 +164,15 @@ pub fn decode(record: &[u8]) -> Result<(Batch, Vec<Unreadable>), String> {
                     envelope.uncompressed_size
                 ));
             }
-            zstd::bulk::decompress(&envelope.payload, envelope.uncompressed_size as usize)
-                .map_err(|e| format!("zstd: {e}"))?
+            let mut scratch = Scratch::take()?;
+            let size = envelope.uncompressed_size as usize;
+            let data = scratch.decompress(&envelope.payload, size, |payload| {
+                decode_payload(signal, encoding, payload, &mut unreadable)
+            });
+            scratch.give_back();
+            data?
         }
         Err(_) => return Err(format!("unknown compression {}", envelope.compression)),
-    };
-    let bad = |e: String| format!("{} payload: {e}", signal.label());
-    let mut unreadable = Vec::new();
-    let data = match (signal, encoding) {
-        (Signal::Traces, Encoding::OtlpProto) => {
-            SignalData::Traces(salvage(&payload, &mut unreadable).map_err(bad)?)
-        }
-        (Signal::Metrics, Encoding::OtlpProto) => {
-            SignalData::Metrics(salvage(&payload, &mut unreadable).map_err(bad)?)
-        }
-        (Signal::Logs, Encoding::OtlpProto) => {
-            SignalData::Logs(salvage(&payload, &mut unreadable).map_err(bad)?)
-        }
-        (Signal::Events, Encoding::EventsProto) => {
-            SignalData::Events(salvage(&payload, &mut unreadable).map_err(bad)?)
-        }
-        (Signal::XraySegments, Encoding::XrayJson) => {
-            let text = String::from_utf8(payload).map_err(|e| format!("xray payload: {e}"))?;
-            SignalData::XraySegments(
-                text.lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            )
-        }
-        (s, e) => return Err(format!("signal {s:?} cannot be encoded as {e:?}")),
     };
     let batch = Batch {
         signal,
@@ -198,20 +184,123 @@ pub fn decode(record: &[u8]) -> Result<(Batch, Vec<Unreadable>), String> {
     Ok((batch, unreadable))
 }
 
+/// A payload, decompressed, as `signal`'s data. From `Bytes` rather than a slice: prost then
+/// copies a bytes field (ids) once into its `Vec` instead of through a `Bytes` of its own.
+/// Every field is copied, so the payload's buffer can be used again.
+fn decode_payload(
+    signal: Signal,
+    encoding: Encoding,
+    payload: Bytes,
+    unreadable: &mut Vec<Unreadable>,
+) -> Result<SignalData, String> {
+    let bad = |e: String| format!("{} payload: {e}", signal.label());
+    Ok(match (signal, encoding) {
+        (Signal::Traces, Encoding::OtlpProto) => {
+            SignalData::Traces(salvage(payload, unreadable).map_err(bad)?)
+        }
+        (Signal::Metrics, Encoding::OtlpProto) => {
+            SignalData::Metrics(salvage(payload, unreadable).map_err(bad)?)
+        }
+        (Signal::Logs, Encoding::OtlpProto) => {
+            SignalData::Logs(salvage(payload, unreadable).map_err(bad)?)
+        }
+        (Signal::Events, Encoding::EventsProto) => {
+            SignalData::Events(salvage(payload, unreadable).map_err(bad)?)
+        }
+        (Signal::XraySegments, Encoding::XrayJson) => {
+            let text = std::str::from_utf8(&payload).map_err(|e| format!("xray payload: {e}"))?;
+            SignalData::XraySegments(
+                text.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        }
+        (s, e) => return Err(format!("signal {s:?} cannot be encoded as {e:?}")),
+    })
+}
+
+/// A zstd context and a buffer to decompress into, used again record after record: a fresh
+/// buffer per record (about a MiB) was a fresh mapping, and the kernel zeroing its pages cost
+/// more than zstd itself; a fresh context is a few hundred KiB allocated and set up again.
+struct Scratch {
+    zstd: zstd::bulk::Decompressor<'static>,
+    buffer: Vec<u8>,
+}
+
+/// Contexts not in use. Decoding runs on at most one thread per core (the runtime's permits),
+/// so this holds about that many.
+static SCRATCH: std::sync::Mutex<Vec<Scratch>> = std::sync::Mutex::new(Vec::new());
+
+/// The most kept of scratch buffers: a larger one (a record of many MiB, rare) is freed once
+/// used rather than held for the life of the process.
+const SCRATCH_KEPT: usize = 8 * 1024 * 1024;
+
+/// The most scratch contexts kept: beyond the cores that decode at once, extras are freed.
+const SCRATCH_CONTEXTS: usize = 16;
+
+impl Scratch {
+    fn take() -> Result<Scratch, String> {
+        let pooled = SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(scratch) => Ok(scratch),
+            None => Ok(Scratch {
+                zstd: zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?,
+                buffer: Vec::new(),
+            }),
+        }
+    }
+
+    /// Decompresses `compressed`, of `size` bytes decompressed at most, into the buffer, and
+    /// hands it to `then`; the buffer comes back for the next record once `then` let go of it.
+    fn decompress<T>(
+        &mut self,
+        compressed: &[u8],
+        size: usize,
+        then: impl FnOnce(Bytes) -> Result<T, String>,
+    ) -> Result<T, String> {
+        self.buffer.clear();
+        self.buffer.reserve(size);
+        self.zstd
+            .decompress_to_buffer(compressed, &mut self.buffer)
+            .map_err(|e| format!("zstd: {e}"))?;
+        // The buffer may be larger than this record asked for: what its envelope declared
+        // is what was budgeted, and stays the bound.
+        if self.buffer.len() > size {
+            return Err(format!("zstd: more than the declared {size} bytes"));
+        }
+        let payload = Bytes::from(std::mem::take(&mut self.buffer));
+        let result = then(payload.clone());
+        // Unique again unless something kept a slice of it, which prost's `Vec` fields do not.
+        self.buffer = payload.try_into_mut().map(Vec::from).unwrap_or_default();
+        result
+    }
+
+    fn give_back(mut self) {
+        if self.buffer.capacity() > SCRATCH_KEPT {
+            self.buffer = Vec::new();
+        }
+        let mut pool = SCRATCH.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < SCRATCH_CONTEXTS {
+            pool.push(self);
+        }
+    }
+}
+
 /// Decodes `payload` as `M`; when that fails, decodes each top-level field alone and keeps
 /// those that decode (protobuf concatenation is merging, so the good fields together are the
 /// message without the bad ones). `Err` only when the fields cannot even be framed.
 fn salvage<M: Message + Default>(
-    payload: &[u8],
+    payload: Bytes,
     unreadable: &mut Vec<Unreadable>,
 ) -> Result<M, String> {
     use prost::encoding::{decode_key, skip_field, DecodeContext};
-    let whole = match M::decode(payload) {
+    let whole = match M::decode(payload.clone()) {
         Ok(message) => return Ok(message),
         Err(e) => e,
     };
     let mut message = M::default();
-    let mut rest = payload;
+    let mut rest = &payload[..];
     while !rest.is_empty() {
         let start = rest;
         decode_key(&mut rest)

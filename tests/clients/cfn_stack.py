@@ -79,6 +79,8 @@ def main():
     version = iam.get_policy(PolicyArn=policy_arn)["Policy"]["DefaultVersionId"]
     collector_policy = iam.get_policy_version(PolicyArn=policy_arn, VersionId=version)["PolicyVersion"]["Document"]
     services = ecs.describe_services(cluster=out["ClusterName"], services=[out["ProcessorServiceName"]])["services"]
+    # The dashboard as CloudWatch holds it: every ${...} of the template resolved.
+    dashboard = c("cloudwatch").get_dashboard(DashboardName=out["DashboardName"])["DashboardBody"]
     print(json.dumps({
         "pipeline": pipeline,
         "app": app,
@@ -93,6 +95,7 @@ def main():
         "processor_task": task(pipeline["resources"]["ProcessorTaskDefinition"]["id"]),
         "app_task": task(app["outputs"]["TaskDefinitionArn"]),
         "service": services[0] if services else None,
+        "dashboard": json.loads(dashboard),
     }, default=str))
 
 

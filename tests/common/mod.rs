@@ -9,7 +9,7 @@ pub mod peers;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -103,6 +103,12 @@ impl Tidewater {
             .append(true)
             .open(self.dir.join("tidewater.log"))
             .unwrap();
+        // Only the EMF self-metrics (telemetry.emf) are written to stdout.
+        let stdout = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tidewater.stdout"))
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewater"));
         cmd.arg(self.role)
             .current_dir(&self.dir)
@@ -121,7 +127,7 @@ impl Tidewater {
             )
             .env("TIDEWATER_COLLECTOR__BATCH__TIMEOUT", "50ms")
             .env("TIDEWATER_PROCESSOR__POLL_WAIT", "100ms")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log);
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -148,6 +154,11 @@ impl Tidewater {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("tidewater.log")).unwrap_or_default()
+    }
+
+    /// What the process wrote to stdout: EMF self-metrics, one document a line.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tidewater.stdout")).unwrap_or_default()
     }
 
     /// SIGTERM and wait: the graceful path.

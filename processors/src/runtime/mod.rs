@@ -25,7 +25,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tidewater_bus::{Consumer, Position, Record};
 use tidewater_proto::Signal;
 use tokio::sync::{mpsc, Semaphore};
@@ -39,6 +38,7 @@ use self::memory::Budget;
 use self::round::Cut;
 use crate::config::ProcessorConfig;
 use crate::decode::decoded_factor;
+use crate::delivery::Backoff;
 use crate::sink::Sink;
 
 pub struct Processor {
@@ -362,7 +362,7 @@ async fn commit(
     config: &ProcessorConfig,
     stop: &CancellationToken,
 ) -> bool {
-    let mut backoff = Backoff::new(config);
+    let mut backoff = Backoff::new(config.retry_initial, config.retry_max);
     loop {
         match consumer.commit(partition, position).await {
             Ok(()) => return true,
@@ -397,37 +397,4 @@ async fn tick(sinks: &[Arc<dyn Sink>], stopping: bool) {
             tracing::warn!(sink = sink.name(), error = %e, stopping, "sink tick failed; will retry");
         }
     }
-}
-
-/// The processor's wait between attempts of a checkpoint: capped exponential
-/// (`processor.retry_initial` to `retry_max`), jittered.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(config: &ProcessorConfig) -> Self {
-        Backoff {
-            next: config.retry_initial,
-            max: config.retry_max,
-        }
-    }
-
-    /// Waits before the next attempt; `false` if the processor stopped first.
-    async fn wait(&mut self, stop: &CancellationToken) -> bool {
-        let wait = jittered(self.next);
-        tracing::debug!(retry_in = ?wait, "waiting before the next attempt");
-        self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => true,
-            _ = stop.cancelled() => false,
-        }
-    }
-}
-
-/// Equal jitter: between half and all of `max`, so processors retrying together spread out.
-pub fn jittered(max: Duration) -> Duration {
-    let nanos = max.as_nanos().min(u64::MAX as u128) as u64;
-    Duration::from_nanos(rand::rng().random_range(nanos / 2..=nanos.max(1)))
 }

@@ -5,24 +5,32 @@
 //! Its "service" is the local disk, delivered through the same engine as every other sink: a
 //! write that fails (a full disk) is retried with backoff until it succeeds or the processor
 //! stops, and the file is reopened first so a torn line is cut rather than written after.
+//!
+//! Rendering JSON is most of this sink's CPU, so a round is rendered batch by batch into a
+//! reused buffer and each batch appended at once: rounds of several partitions render on all
+//! cores while the files are held only to write, a partition's lines stay in bus order, and
+//! what rendering holds is one batch's lines per core rather than whole rounds. Traces, the
+//! bulk of it, are written by [`json`], byte for byte what serde writes.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tidewater_proto::Signal;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-use bytes::Bytes;
 
 use crate::decode::{Batch, SignalData};
 use crate::delivery::{Answer, DeliveryConfig, Engine, Service};
 use crate::documents::event_document;
 use crate::sink::Sink;
+
+mod json;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,7 +64,7 @@ impl FileSink {
             anyhow::anyhow!("cannot create file sink dir {}: {e}", config.dir.display())
         })?;
         let delivery = DeliveryConfig {
-            // One writer per file keeps each file's lines in delivery order.
+            // One call per round, in order: a partition's lines stay in bus order.
             concurrency: 1,
             ..config.delivery.clone()
         };
@@ -64,6 +72,10 @@ impl FileSink {
             dir: config.dir.clone(),
             fsync: config.fsync,
             open: Arc::default(),
+            renders: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
+            buffers: Arc::default(),
         };
         Ok(FileSink {
             engine: Engine::new(files, delivery),
@@ -71,38 +83,75 @@ impl FileSink {
     }
 }
 
-/// One signal's lines of a round, ready to append.
-pub struct Chunk {
-    signal: Signal,
-    text: Bytes,
-    lines: usize,
+/// A batch of a round, and whether its lines are in its file: a retry after a failed write
+/// writes only what the failed attempt did not.
+pub struct Piece {
+    batch: Arc<Batch>,
+    written: AtomicBool,
 }
 
-/// The files, as the engine's service: one call appends a round's chunks and syncs them.
+/// The files, as the engine's service: one call renders a round's batches and appends their
+/// lines, then syncs the files it wrote.
 struct Files {
     dir: PathBuf,
     fsync: bool,
     open: Arc<Mutex<HashMap<Signal, File>>>,
+    /// One permit per core: rounds render at once up to the cores there are to render them,
+    /// each in one buffer of one batch's lines, so what rendering holds is bounded by the
+    /// cores, not by how many partitions have a round on its way.
+    renders: Arc<Semaphore>,
+    /// Render buffers not in use (at most one per permit), so each batch does not allocate
+    /// (and the kernel fault in) megabytes afresh.
+    buffers: Arc<Mutex<Vec<Vec<u8>>>>,
 }
+
+/// The most a render buffer keeps between batches: a batch's lines are a few MiB (2.6 bytes
+/// of OTLP/JSON per byte of protobuf); a larger one is freed once written.
+const BUFFER_KEPT: usize = 16 * 1024 * 1024;
 
 #[async_trait]
 impl Service for Files {
-    type Item = Chunk;
+    type Item = Arc<Piece>;
 
     fn name(&self) -> &'static str {
         "file"
     }
 
-    fn calls(&self, items: Vec<Chunk>) -> Vec<Vec<Chunk>> {
+    fn calls(&self, items: Vec<Arc<Piece>>) -> Vec<Vec<Arc<Piece>>> {
         vec![items]
     }
 
-    async fn call(&self, items: &[Chunk]) -> Answer {
-        let chunks: Vec<(Signal, Bytes)> =
-            items.iter().map(|c| (c.signal, c.text.clone())).collect();
-        let (open, dir, fsync) = (self.open.clone(), self.dir.clone(), self.fsync);
-        let written =
-            tokio::task::spawn_blocking(move || append(&open, &dir, fsync, &chunks)).await;
+    async fn call(&self, items: &[Arc<Piece>]) -> Answer {
+        let Ok(permit) = Arc::clone(&self.renders).acquire_owned().await else {
+            return Answer::retry("Io", "the file sink is closed");
+        };
+        let pieces = items.to_vec();
+        let (open, buffers, dir, fsync) = (
+            self.open.clone(),
+            self.buffers.clone(),
+            self.dir.clone(),
+            self.fsync,
+        );
+        // Rendering is the CPU work of this sink, and writing is a copy: both off the async
+        // workers, and rounds of different partitions render at the same time.
+        let written = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut buffer = buffers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .unwrap_or_default();
+            let result = append(&open, &dir, fsync, &pieces, &mut buffer);
+            if buffer.capacity() <= BUFFER_KEPT {
+                buffer.clear();
+                buffers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(buffer);
+            }
+            result
+        })
+        .await;
         match written {
             Ok(Ok(())) => Answer::Stored,
             Ok(Err(e)) => Answer::retry("Io", e.to_string()),
@@ -110,66 +159,144 @@ impl Service for Files {
         }
     }
 
-    fn describe(&self, chunk: &Chunk) -> serde_json::Value {
-        serde_json::json!({ "signal": chunk.signal.label(), "lines": chunk.lines })
+    fn describe(&self, piece: &Arc<Piece>) -> serde_json::Value {
+        serde_json::json!({
+            "signal": piece.batch.signal.label(),
+            "items": piece.batch.item_count,
+        })
     }
 }
 
-/// Appends each chunk to its signal's file. A file whose write failed is closed, so the retry
-/// reopens it and cuts the torn line the failure may have left.
+/// Renders each piece not yet written into `buffer` and appends it to its signal's file,
+/// holding the files only to write: rounds of other partitions render meanwhile, and their
+/// lines go between this round's batches, never inside a line. A file whose write failed is
+/// closed, so the retry reopens it and cuts the torn line the failure may have left.
 fn append(
     open: &Mutex<HashMap<Signal, File>>,
     dir: &Path,
     fsync: bool,
-    chunks: &[(Signal, Bytes)],
+    pieces: &[Arc<Piece>],
+    buffer: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    // Nothing panics while holding it; a poisoned map still holds valid files.
-    let mut files = open.lock().unwrap_or_else(|p| p.into_inner());
-    for (signal, text) in chunks {
-        let path = dir.join(format!("{}.ndjson", signal.label()));
-        let file = match files.entry(*signal) {
-            std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                open_for_append(&path)
-                    .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?,
-            ),
-        };
-        let result = file
-            .write_all(text)
-            .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
-        if let Err(e) = result {
-            files.remove(signal);
-            anyhow::bail!("write {}: {e}", path.display());
+    let now = chrono::Utc::now();
+    let mut touched: Vec<Signal> = Vec::new();
+    for piece in pieces {
+        if piece.written.load(Ordering::Acquire) {
+            continue;
+        }
+        let signal = piece.batch.signal;
+        buffer.clear();
+        render(&piece.batch, now, buffer);
+        // Nothing panics while holding it; a poisoned map still holds valid files.
+        let mut files = open.lock().unwrap_or_else(|p| p.into_inner());
+        let file = file(&mut files, dir, signal)?;
+        if let Err(e) = file.write_all(buffer) {
+            files.remove(&signal);
+            anyhow::bail!("write {}: {e}", path(dir, signal).display());
+        }
+        piece.written.store(true, Ordering::Release);
+        if !touched.contains(&signal) {
+            touched.push(signal);
+        }
+    }
+    if fsync {
+        for signal in touched {
+            let mut files = open.lock().unwrap_or_else(|p| p.into_inner());
+            let synced = file(&mut files, dir, signal)?.sync_data();
+            if let Err(e) = synced {
+                files.remove(&signal);
+                // Not known to be on disk: written again, after the reopen cut any torn line.
+                for piece in pieces.iter().filter(|p| p.batch.signal == signal) {
+                    piece.written.store(false, Ordering::Release);
+                }
+                anyhow::bail!("sync {}: {e}", path(dir, signal).display());
+            }
         }
     }
     Ok(())
 }
 
-/// The lines a batch becomes.
-pub fn lines(batch: &Batch, processed_at: chrono::DateTime<chrono::Utc>) -> Vec<String> {
-    let json = |v: &dyn erased::Json| v.to_line();
+fn path(dir: &Path, signal: Signal) -> PathBuf {
+    dir.join(format!("{}.ndjson", signal.label()))
+}
+
+/// `signal`'s file, opened (and a torn last line cut) if it is not open.
+fn file<'a>(
+    files: &'a mut HashMap<Signal, File>,
+    dir: &Path,
+    signal: Signal,
+) -> anyhow::Result<&'a mut File> {
+    Ok(match files.entry(signal) {
+        std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let path = path(dir, signal);
+            v.insert(
+                open_for_append(&path)
+                    .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?,
+            )
+        }
+    })
+}
+
+/// Appends the lines `batch` becomes to `out`, each with its newline; returns how many.
+/// Written straight into `out` by serde, so a batch of thousands of spans is one pass and no
+/// intermediate strings.
+pub fn render(
+    batch: &Batch,
+    processed_at: chrono::DateTime<chrono::Utc>,
+    out: &mut Vec<u8>,
+) -> usize {
     match &batch.data {
-        SignalData::Traces(r) => vec![json(r)],
-        SignalData::Metrics(r) => vec![json(r)],
-        SignalData::Logs(r) => vec![json(r)],
+        SignalData::Traces(r) => {
+            let start = out.len();
+            match json::traces(out, r) {
+                Ok(()) => {
+                    out.push(b'\n');
+                    1
+                }
+                Err(e) => {
+                    out.truncate(start);
+                    unrendered(&e);
+                    0
+                }
+            }
+        }
+        SignalData::Metrics(r) => line(out, r),
+        SignalData::Logs(r) => line(out, r),
         SignalData::Events(r) => r
             .events
             .iter()
-            .map(|e| event_document(e, processed_at).to_string())
-            .collect(),
-        SignalData::XraySegments(docs) => docs.clone(),
+            .map(|e| line(out, &event_document(e, processed_at)))
+            .sum(),
+        SignalData::XraySegments(docs) => {
+            for doc in docs {
+                out.extend_from_slice(doc.as_bytes());
+                out.push(b'\n');
+            }
+            docs.len()
+        }
     }
 }
 
-mod erased {
-    pub trait Json {
-        fn to_line(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_line(&self) -> String {
-            serde_json::to_string(self).unwrap_or_default()
+/// Appends `value` as one JSON line; 1, or 0 (and nothing appended) if it cannot be
+/// serialized, which none of these types can fail.
+fn line(out: &mut Vec<u8>, value: &impl serde::Serialize) -> usize {
+    let start = out.len();
+    match serde_json::to_writer(&mut *out, value) {
+        Ok(()) => {
+            out.push(b'\n');
+            1
+        }
+        Err(e) => {
+            out.truncate(start);
+            unrendered(&e);
+            0
         }
     }
+}
+
+fn unrendered(e: &dyn std::fmt::Display) {
+    tracing::error!(error = %e, "file sink: a batch could not be rendered as JSON; skipped");
 }
 
 /// Opens `path` for appending after cutting any torn last line: a crash mid-write leaves one,
@@ -224,42 +351,18 @@ impl Sink for FileSink {
         batches: &[Arc<Batch>],
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let owned = batches.to_vec();
-        // Rendering JSON is the CPU work of this sink: off the async workers, so rounds of
-        // several partitions render on all cores.
-        let chunks =
-            tokio::task::spawn_blocking(move || chunks(&owned, chrono::Utc::now())).await?;
-        self.engine.deliver(chunks, stop).await?;
+        let pieces = batches
+            .iter()
+            .map(|batch| {
+                Arc::new(Piece {
+                    batch: Arc::clone(batch),
+                    written: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        self.engine.deliver(pieces, stop).await?;
         Ok(())
     }
-}
-
-/// A round's lines, one chunk per signal, in bus order.
-fn chunks(batches: &[Arc<Batch>], now: chrono::DateTime<chrono::Utc>) -> Vec<Chunk> {
-    let mut by_signal: Vec<(Signal, String, usize)> = Vec::new();
-    for batch in batches {
-        let i = match by_signal.iter().position(|(s, _, _)| *s == batch.signal) {
-            Some(i) => i,
-            None => {
-                by_signal.push((batch.signal, String::new(), 0));
-                by_signal.len() - 1
-            }
-        };
-        let (_, out, count) = &mut by_signal[i];
-        for line in lines(batch, now) {
-            out.push_str(&line);
-            out.push('\n');
-            *count += 1;
-        }
-    }
-    by_signal
-        .into_iter()
-        .map(|(signal, text, lines)| Chunk {
-            signal,
-            text: Bytes::from(text),
-            lines,
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -281,5 +384,47 @@ mod tests {
         std::fs::write(&path, "no newline at all").unwrap();
         drop(open_for_append(&path).unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    fn piece(signal: Signal, data: SignalData) -> Arc<Piece> {
+        Arc::new(Piece {
+            batch: Arc::new(Batch {
+                signal,
+                record_id: Vec::new(),
+                produced_at_unix_nano: 0,
+                item_count: 1,
+                data,
+            }),
+            written: AtomicBool::new(false),
+        })
+    }
+
+    /// A round whose second batch fails to write: the retry writes that batch and not the
+    /// first again.
+    #[test]
+    fn a_retry_writes_only_the_batches_not_yet_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = piece(
+            Signal::XraySegments,
+            SignalData::XraySegments(vec!["{\"id\":\"a\"}".into(), "{\"id\":\"b\"}".into()]),
+        );
+        let traces = piece(Signal::Traces, SignalData::Traces(Default::default()));
+        let pieces = [segments, traces];
+        let open = Mutex::new(HashMap::new());
+        // A traces file that cannot be written, as a full disk would have it.
+        let traces_path = path(dir.path(), Signal::Traces);
+        std::fs::write(&traces_path, "").unwrap();
+        open.lock()
+            .unwrap()
+            .insert(Signal::Traces, File::open(&traces_path).unwrap());
+        let mut buffer = Vec::new();
+        assert!(append(&open, dir.path(), true, &pieces, &mut buffer).is_err());
+        append(&open, dir.path(), true, &pieces, &mut buffer).unwrap();
+        let segments = std::fs::read_to_string(path(dir.path(), Signal::XraySegments)).unwrap();
+        assert_eq!(segments, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n");
+        assert_eq!(
+            std::fs::read_to_string(&traces_path).unwrap(),
+            "{\"resourceSpans\":[]}\n"
+        );
     }
 }

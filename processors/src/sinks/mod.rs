@@ -5,4 +5,6 @@ pub mod cloudwatch_logs;
 pub mod elasticsearch;
 pub mod emf;
 pub mod file;
+pub mod otlp;
+pub mod sigv4;
 pub mod xray;

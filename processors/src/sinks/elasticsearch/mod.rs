@@ -5,8 +5,8 @@
 //! - `template.rs`: the index templates (mappings, dynamic templates, field limits), installed
 //!   before the first delivery when missing;
 //! - `request.rs`: documents → `create` actions → `_bulk` bodies bounded by bytes and count;
-//! - `service.rs`: the `elasticsearch` client (basic / API key / custom CA / SigV4 in
-//!   `sigv4.rs`) and `_bulk` as the delivery engine's service;
+//! - `service.rs`: the `elasticsearch` client (basic / API key / custom CA / SigV4, shared
+//!   with the OTLP sink in [`crate::sinks::sigv4`]) and `_bulk` as the delivery engine's service;
 //! - `classify.rs`: what a `_bulk` answer means, item by item (409 already indexed, 400
 //!   rejected, 429/5xx sent again) and as a whole (413 halved, 401/403 fatal);
 //! - `dead_letter.rs`: what a dead letter keeps, and the same line for the dead-letter index.
@@ -20,7 +20,6 @@ pub mod config;
 pub mod dead_letter;
 pub mod request;
 pub mod service;
-pub mod sigv4;
 pub mod template;
 #[cfg(test)]
 mod tests;

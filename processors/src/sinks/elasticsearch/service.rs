@@ -21,8 +21,8 @@ use serde_json::Value;
 use super::classify::{self, excerpt, ItemResult, Reply};
 use super::config::{AuthKind, ElasticsearchSinkConfig};
 use super::request::{self, BulkItem};
-use super::sigv4::SigV4;
 use crate::delivery::{Answer, Service};
+use crate::sinks::sigv4::SigV4;
 
 /// The sink's name in the engine's metrics, logs, dead letters and `/readyz`.
 pub const NAME: &str = "elasticsearch";
