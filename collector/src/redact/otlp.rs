@@ -173,6 +173,7 @@ impl<'a> Walker<'a> {
             let walked = match (kind_of(msg, field.number), field.value) {
                 // Unknown: dropped, as a decode would drop it, so nothing unread travels.
                 (None, _) => Walk::Drop,
+                (Some(Str), Value::Len(b)) if !self.rules.could_change(b, &plain) => Walk::Same,
                 (Some(Str), Value::Len(b)) => match std::str::from_utf8(b) {
                     Ok(s) => self.string(s, &plain, hits),
                     Err(_) => return Walk::Same,
@@ -276,6 +277,7 @@ impl<'a> Walker<'a> {
                 return Walk::Same;
             };
             let walked = match (field.number, field.value) {
+                (1, Value::Len(b)) if !self.rules.could_change(b, ctx) => Walk::Same,
                 (1, Value::Len(b)) => match std::str::from_utf8(b) {
                     Ok(s) => self.string(s, ctx, hits),
                     Err(_) => return Walk::Same,
@@ -833,8 +835,11 @@ mod tests {
         bytes[at] = 0xff;
         let (out, _) = redacted(&RedactionConfig::default(), OtlpSignal::Traces, &bytes);
         let out = out.unwrap();
-        // The bad span is still there, unchanged, and the split refuses it alone.
-        assert!(out.windows(EMAIL.len()).any(|w| w == EMAIL.as_bytes()));
+        // The bad bytes are still there (a string nothing could match is not even checked as
+        // UTF-8 here), and the split refuses their span alone.
+        let mut bad = "\u{1F600}".as_bytes().to_vec();
+        bad[0] = 0xff;
+        assert!(out.windows(4).any(|w| w == bad));
         let split = crate::partition::split_traces(&out, 4).unwrap();
         assert_eq!(split.rejected.count, 1);
         for part in &split.parts {

@@ -5,8 +5,9 @@
 //! A detector is a pattern plus a check the pattern cannot express (Luhn, a JWT header that
 //! decodes, base64 that holds `user:password`, an SSN the SSA could have issued), so that
 //! look-alikes (order ids, git SHAs, UUIDs, version strings) stay. Patterns run only where a
-//! cheap test says they could match ([`Detector::maybe`]): most telemetry strings have no `@`,
-//! no 13 digits, no `eyJ`, so the common case is a few `memchr` passes over each string.
+//! cheap test says they could match ([`Features`], then each detector's own test): most
+//! telemetry strings have no `@`, not 13 digits, no `eyJ`, so the common case is one table
+//! lookup per byte.
 
 use std::borrow::Cow;
 
@@ -395,6 +396,18 @@ impl Rules {
         ctx
     }
 
+    /// Whether [`Rules::value`] could change these bytes under `ctx`: false for most values,
+    /// which then need not even be checked as UTF-8 here (the split checks them).
+    pub fn could_change(&self, bytes: &[u8], ctx: &KeyCtx) -> bool {
+        if ctx.allowed || bytes.is_empty() {
+            return false;
+        }
+        if ctx.whole.is_some() || ctx.special != Special::None || ctx.custom != 0 {
+            return true;
+        }
+        !self.detectors.is_empty() && Features::of_bytes(bytes).any(bytes.len())
+    }
+
     /// Redacts one string value, pushing the number of each rule that fired onto `hits`.
     pub fn value(&self, text: &str, ctx: &KeyCtx, hits: &mut Vec<u16>) -> Verdict {
         if ctx.allowed || text.is_empty() || text.starts_with(MARKER) {
@@ -669,8 +682,12 @@ static CLASSES: [u8; 256] = {
 
 impl Features {
     pub fn of(text: &str) -> Features {
+        Features::of_bytes(text.as_bytes())
+    }
+
+    pub fn of_bytes(text: &[u8]) -> Features {
         let mut f = Features::default();
-        for &c in text.as_bytes() {
+        for &c in text {
             let class = CLASSES[c as usize];
             f.mask |= class;
             f.digits += u32::from(class & DIGIT);
@@ -815,7 +832,12 @@ impl Detector {
             d(
                 AWS_SECRET_KEY,
                 r"(?:^|[^A-Za-z0-9/+=])(?P<v>[A-Za-z0-9/+]{40})(?:$|[^A-Za-z0-9/+=])",
-                |_, t| t.len() >= 40 && aws_context(t) && base64_run(t.as_bytes()) >= 40,
+                // The cheaper test first: the run on most texts, the SIMD search on long ones.
+                |_, t| match t.len() {
+                    0..40 => false,
+                    40..1024 => base64_run(t.as_bytes()) >= 40 && aws_context(t),
+                    _ => aws_context(t) && base64_run(t.as_bytes()) >= 40,
+                },
                 |c, _| mixed(&c["v"]),
             ),
             d(

@@ -73,7 +73,7 @@ impl FileSink {
             fsync: config.fsync,
             open: Arc::default(),
             renders: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                std::thread::available_parallelism().map_or(1, |n| n.get()) + 1,
             )),
             buffers: Arc::default(),
         };
@@ -96,9 +96,11 @@ struct Files {
     dir: PathBuf,
     fsync: bool,
     open: Arc<Mutex<HashMap<Signal, File>>>,
-    /// One permit per core: rounds render at once up to the cores there are to render them,
-    /// each in one buffer of one batch's lines, so what rendering holds is bounded by the
-    /// cores, not by how many partitions have a round on its way.
+    /// One permit per core, and one more: rounds render at once up to the cores there are to
+    /// render them, each in one buffer of one batch's lines, so what rendering holds is
+    /// bounded by the cores, not by how many partitions have a round on its way. The one more
+    /// is for the round waiting for the files while another writes: without it, on two cores
+    /// rendering stalled for a quarter of the drain.
     renders: Arc<Semaphore>,
     /// Render buffers not in use (at most one per permit), so each batch does not allocate
     /// (and the kernel fault in) megabytes afresh.
@@ -187,14 +189,18 @@ fn append(
         let signal = piece.batch.signal;
         buffer.clear();
         render(&piece.batch, now, buffer);
-        // Nothing panics while holding it; a poisoned map still holds valid files.
+        let t0 = std::time::Instant::now();
         let mut files = open.lock().unwrap_or_else(|p| p.into_inner());
+        WAIT.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let t1 = std::time::Instant::now();
         let file = file(&mut files, dir, signal)?;
         if let Err(e) = file.write_all(buffer) {
             files.remove(&signal);
             anyhow::bail!("write {}: {e}", path(dir, signal).display());
         }
         piece.written.store(true, Ordering::Release);
+        WRITE.fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        eprintln!("lockwait {:.3} write {:.3}", WAIT.load(Ordering::Relaxed) as f64/1e9, WRITE.load(Ordering::Relaxed) as f64/1e9);
         if !touched.contains(&signal) {
             touched.push(signal);
         }
@@ -216,6 +222,8 @@ fn append(
     Ok(())
 }
 
+static WAIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WRITE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 fn path(dir: &Path, signal: Signal) -> PathBuf {
     dir.join(format!("{}.ndjson", signal.label()))
 }
