@@ -1,6 +1,8 @@
 //! `tidewater`: the collector sidecar, the processors, or both over an embedded bus.
 
 mod admin;
+#[cfg(target_os = "linux")]
+mod alloc;
 mod config;
 #[cfg(test)]
 mod fuzz;
@@ -101,21 +103,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// jemalloc rather than glibc's malloc. Decoding a backlog allocates and frees tens of small
-/// blocks per span, on other threads than the ones that allocated them; glibc spent a third
-/// of the processor's CPU in malloc and free and kept freed memory in a dozen per-thread
-/// arenas (peak RSS twice the processor's budget). jemalloc is also the collector's faster
-/// allocator (benches/README.md, "Memory allocator").
-#[cfg(not(target_env = "msvc"))]
+/// jemalloc for the processor, the C library's malloc for the rest: [`alloc`] says why.
+#[cfg(target_os = "linux")]
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings, read when it starts (`_RJEM_MALLOC_CONF` in the environment still
-/// overrides them). Two arenas rather than four per core: every arena keeps the pages its
-/// threads freed for a while, and on a 2-core task more arenas only meant more memory kept
-/// (peak RSS 311 MiB against 206 MiB draining the same backlog, for the same CPU). A
-/// background thread hands freed pages back to the system on jemalloc's decay, also when
-/// the process is idle after a burst.
-#[cfg(not(target_env = "msvc"))]
-#[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: &u8 = &b"narenas:2,background_thread:true\0"[0];
+static GLOBAL: alloc::ByRole = alloc::ByRole;

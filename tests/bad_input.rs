@@ -509,12 +509,17 @@ fn concurrent_uploads_stay_within_the_memory_limit() {
         statuses
     });
     let ok = statuses.iter().filter(|s| **s == Some(200)).count();
-    let refused = statuses.iter().filter(|s| **s == Some(429)).count();
+    // Refused for memory (429), or, as for the gRPC exports above, not read within the test's
+    // short body_timeout while this 2-core machine is loaded (408): both retryable.
+    let refused = statuses
+        .iter()
+        .filter(|s| matches!(**s, Some(429 | 408)))
+        .count();
     assert!(ok > 0, "{statuses:?}");
     assert_eq!(
         ok + refused + statuses.iter().filter(|s| s.is_none()).count(),
         UPLOADS,
-        "only 200, 429 or a refused upload's closed connection: {statuses:?}"
+        "only 200, 429, 408 or a refused upload's closed connection: {statuses:?}"
     );
     let peak = tw.peak_rss();
     eprintln!(

@@ -1,3 +1,7 @@
+//! The processor's settings (`[processor]` and `[sinks.*]`), with the defaults a processor
+//! runs with when nothing is set: they are what `benches/run` measures and the example file
+//! documents.
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,7 +60,7 @@ impl Default for ProcessorConfig {
             group: "tidewater-processors".into(),
             max_poll_records: 500,
             max_round_bytes: ByteSize::mib(2),
-            memory_limit: ByteSize::mib(160),
+            memory_limit: ByteSize::mib(128),
             poll_wait: Duration::from_millis(500),
             stop_grace: Duration::from_secs(10),
             retry_initial: Duration::from_millis(100),
