@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::harness::config;
 use super::*;
 
 /// Answers calls in order from `answers` (then "stored"), recording what each call carried.
@@ -72,17 +73,6 @@ impl Service for Scripted {
 
     fn describe(&self, item: &u32) -> serde_json::Value {
         json!({ "item": item })
-    }
-}
-
-fn config(dir: &std::path::Path) -> DeliveryConfig {
-    DeliveryConfig {
-        concurrency: 1,
-        max_attempts: 3,
-        retry_initial: Duration::from_millis(1),
-        retry_max: Duration::from_millis(4),
-        unhealthy_after: Duration::from_secs(3600),
-        dead_letter_dir: dir.to_path_buf(),
     }
 }
 
