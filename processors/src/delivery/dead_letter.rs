@@ -38,6 +38,24 @@ impl DeadLetters {
         &self.path
     }
 
+    /// Appends whole lines already rendered (the runtime's undecodable bus records have lines
+    /// of their own); returns once they are on disk, or when stopped first.
+    pub async fn append(&self, text: String, stop: &CancellationToken) -> Result<(), Stopped> {
+        let mut backoff = self.backoff.clone();
+        loop {
+            match crate::ndjson::append_synced(self.path.clone(), text.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    metrics::counter!("tidewater_sink_dead_letter_write_failures_total", "sink" => self.sink).increment(1);
+                    tracing::error!(sink = self.sink, path = %self.path.display(), error = %e, "cannot write dead letters; retrying");
+                    if !backoff.wait(stop).await {
+                        return Err(Stopped);
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes one line per refusal; returns once they are on disk, or when stopped first.
     pub async fn write<I>(
         &self,
@@ -63,19 +81,7 @@ impl DeadLetters {
             text.push_str(&line.to_string());
             text.push('\n');
         }
-        let mut backoff = self.backoff.clone();
-        loop {
-            match crate::ndjson::append_synced(self.path.clone(), text.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    metrics::counter!("tidewater_sink_dead_letter_write_failures_total", "sink" => self.sink).increment(1);
-                    tracing::error!(sink = self.sink, path = %self.path.display(), error = %e, "cannot write dead letters; retrying");
-                    if !backoff.wait(stop).await {
-                        return Err(Stopped);
-                    }
-                }
-            }
-        }
+        self.append(text, stop).await?;
         for r in refusals {
             tracing::warn!(sink = self.sink, code = %r.code, reason = %r.message, "item refused for good; dead-lettered");
             metrics::counter!("tidewater_sink_items_total", "sink" => self.sink, "outcome" => "dead_lettered").increment(1);

@@ -6,8 +6,14 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use base64::Engine;
 use tidewater_bus::Record;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::dead_letter::DeadLetters;
+use crate::delivery::{Backoff, Stopped};
 
 /// The file, under `processor.dead_letter_dir`.
 pub(crate) const FILE: &str = "bus-records.ndjson";
@@ -29,9 +35,15 @@ pub(crate) fn line(record: &Record, reason: &str, payload: &[u8]) -> String {
     line
 }
 
-/// Appends `lines` and syncs them.
-pub(crate) async fn write(dir: &Path, lines: String) -> anyhow::Result<()> {
-    crate::ndjson::append_synced(dir.join(FILE), lines)
+/// Appends `lines` and syncs them through the one dead-letter writer, which retries a failed
+/// write (a full disk) with backoff until it succeeds or `stop`.
+pub(crate) async fn write(
+    dir: &Path,
+    lines: String,
+    stop: &CancellationToken,
+) -> Result<(), Stopped> {
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    DeadLetters::new("processor", dir.join(FILE), backoff)
+        .append(lines, stop)
         .await
-        .map_err(|e| e.context("cannot write dead-lettered bus data"))
 }

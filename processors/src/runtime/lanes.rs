@@ -139,11 +139,12 @@ impl Lanes {
                 }
             };
             if !decoded.dead_letters.is_empty() {
-                if let Err(e) =
-                    dead_letter::write(&self.dead_letter_dir, decoded.dead_letters).await
-                {
-                    tracing::error!(partition, error = %format!("{e:#}"), "stopping the processor");
-                    self.fail(e);
+                let written =
+                    dead_letter::write(&self.dead_letter_dir, decoded.dead_letters, &self.give_up)
+                        .await;
+                if written.is_err() {
+                    // Stopped before the lines were on disk: the round is not acknowledged,
+                    // so the bus delivers it again.
                     break;
                 }
             }
